@@ -1,0 +1,1 @@
+"""Data preparation: frame extraction, benchmark conversion, data validation and the synthetic data set."""

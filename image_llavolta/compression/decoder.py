@@ -1,0 +1,145 @@
+"""The compressed decoder pass: layers 1..K on the full sequence, pooling, layers K+1..N on the short one.
+
+It drives a transformers decoder (`LlamaModel` and alike) through its own modules — embedding, rotary
+embedding, decoder layers, final norm and `create_causal_mask` — and changes only the sequence between
+layer K and K+1. Attention implementations, gradient checkpointing and the KV cache stay transformers'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from .pooling import CompressionPlan, average_pool, plan_compression
+from .segments import VisualLayout
+from .spec import CompressionSpec
+
+# The compressed layers' padding mask travels with the cache it describes (set at prefill, read when decoding).
+CACHE_STATE_ATTR = "llavolta_state"
+
+
+@dataclass(frozen=True)
+class CacheState:
+    """What a decode step needs to know about a compressed prefill held in a KV cache."""
+
+    layer: int  # first compressed layer (K)
+    prefix_length: int  # full-length tokens (padding included) of the prefill
+    attention_mask: torch.Tensor  # (B, Lc) padding mask of the compressed prefill
+
+
+def check_decoder(text_model) -> None:
+    """Raise ValueError if `text_model` is not a decoder the compressed pass can drive."""
+    missing = [a for a in ("embed_tokens", "layers", "rotary_emb", "norm") if not hasattr(text_model, a)]
+    if missing:
+        raise ValueError(
+            f"{type(text_model).__name__} has no {missing}: visual compression drives Llama-style decoders "
+            "(embed_tokens, layers, rotary_emb, norm)"
+        )
+    layer_types = getattr(text_model.config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"{type(text_model).__name__} has non-full-attention layers {set(layer_types)}; unsupported")
+
+
+def _run_layers(layers, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
+    for decoder_layer in layers:
+        hidden = decoder_layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+    return hidden
+
+
+def compressed_decoder_forward(
+    text_model,
+    inputs_embeds: torch.Tensor,
+    layout: VisualLayout,
+    spec: CompressionSpec,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values=None,
+    use_cache: bool = False,
+    **kwargs,
+) -> tuple[BaseModelOutputWithPast, CompressionPlan | None]:
+    """Run `text_model` with visual tokens pooled after layer `spec.layer`; return its output and the plan.
+
+    The plan is None on decode steps, which append text tokens to a cache filled by a compressed prefill.
+    """
+    if attention_mask is not None and attention_mask.ndim != 2:
+        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask")
+    config = text_model.config
+    batch, length, _ = inputs_embeds.shape
+    k = spec.layer
+    if use_cache and past_key_values is None:
+        past_key_values = DynamicCache(config=config)
+    state: CacheState | None = getattr(past_key_values, CACHE_STATE_ATTR, None)
+    decoding = state is not None
+    if decoding and layout.num_visual:
+        raise ValueError("visual tokens cannot be appended to a compressed KV cache; start a new prefill")
+    if decoding and state.layer != k:
+        raise ValueError(f"the KV cache was filled with compression after layer {state.layer}, not {k}")
+    if not decoding and past_key_values is not None and past_key_values.get_seq_length() > 0:
+        raise ValueError("the KV cache already holds tokens that were not prefilled with visual compression")
+
+    compressed_seen = past_key_values.get_seq_length(k) if decoding else 0
+    if position_ids is None:
+        full_seen = state.prefix_length + compressed_seen - state.attention_mask.shape[1] if decoding else 0
+        position_ids = torch.arange(full_seen, full_seen + length, device=inputs_embeds.device)[None]
+    position_ids = position_ids.expand(batch, -1)
+
+    hidden = inputs_embeds
+    if k > 0:  # layers 1..K: exactly the stock pass
+        mask = create_causal_mask(
+            config=config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        rope = text_model.rotary_emb(hidden, position_ids=position_ids)
+        hidden = _run_layers(text_model.layers[:k], hidden, mask, rope, position_ids, past_key_values, use_cache, kwargs)
+
+    plan = None
+    if decoding:
+        appended = compressed_seen - state.attention_mask.shape[1] + length  # tokens after the prefill
+        if attention_mask is not None:
+            new = attention_mask[:, state.prefix_length :]
+            if new.shape[1] != appended:
+                raise ValueError(
+                    f"attention_mask covers {new.shape[1]} tokens after the prefill of {state.prefix_length}, "
+                    f"but the KV cache and the input hold {appended}"
+                )
+        else:
+            new = torch.ones(batch, appended, dtype=torch.long, device=hidden.device)
+        short_mask = torch.cat([state.attention_mask.to(new.device, new.dtype), new], dim=1)
+        short_positions = position_ids
+    else:
+        plan = plan_compression(layout, attention_mask, position_ids, spec.stride)
+        hidden = average_pool(hidden, plan)
+        short_mask, short_positions = plan.attention_mask, plan.position_ids
+        if past_key_values is not None:
+            setattr(past_key_values, CACHE_STATE_ATTR, CacheState(k, length, short_mask))
+
+    # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
+    # sequences); RoPE gets the real (pooled) positions.
+    short_len = hidden.shape[1]
+    contiguous = torch.arange(compressed_seen, compressed_seen + short_len, device=hidden.device).expand(batch, -1)
+    mask = create_causal_mask(
+        config=config,
+        inputs_embeds=hidden,
+        attention_mask=short_mask,
+        past_key_values=past_key_values,
+        position_ids=contiguous,
+        layer_idx=k,
+    )
+    rope = text_model.rotary_emb(hidden, position_ids=short_positions)
+    hidden = _run_layers(text_model.layers[k:], hidden, mask, rope, contiguous, past_key_values, use_cache, kwargs)
+    hidden = text_model.norm(hidden)
+    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values), plan

@@ -1,0 +1,287 @@
+"""Visual compression on transformers' LLaVA and Video-LLaVA: `enable_compression` and the compressed forward.
+
+`enable_compression` turns a stock model into its compressed subclass in place (same modules, same
+weights, same state-dict keys) and stores the spec in `model.config`, so `save_pretrained` checkpoints
+carry it and stock transformers can still load them. With no spec, or a no-op spec, the subclass calls
+the stock forward unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .decoder import check_decoder, compressed_decoder_forward
+from .pooling import compressed_targets
+from .segments import find_segments
+from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
+
+
+@dataclass
+class CompressedCausalLMOutput(ModelOutput):
+    """LLaVA / Video-LLaVA output plus the compression accounting of the forward.
+
+    With compression active, `logits` cover the compressed sequence: one position per text token and one
+    per pooled window, in order, re-padded on the batch's padding side as `attention_mask` shows.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: torch.Tensor | None = None
+    video_hidden_states: torch.Tensor | None = None
+    compression: CompressionStats | None = None
+    attention_mask: torch.Tensor | None = None  # (B, Lc) padding mask matching `logits` (1 = real position)
+
+
+class _CompressedMixin:
+    """Forward shared by the compressed LLaVA and Video-LLaVA classes."""
+
+    _visual_token_attrs: tuple[str, ...] = ()
+
+    @property
+    def compression_spec(self) -> CompressionSpec | None:
+        """The spec stored in the config (None = no compression)."""
+        data = getattr(self.config, CONFIG_KEY, None)
+        return None if data is None else CompressionSpec.from_dict(dict(data))
+
+    def _visual_token_ids(self) -> list[int]:
+        return [getattr(self.config, a) for a in self._visual_token_attrs]
+
+    def _stats(self, spec: CompressionSpec | None, visual_in: torch.Tensor, visual_out: torch.Tensor):
+        layer, stride = (spec.layer, spec.stride) if spec else (0, 1)
+        return CompressionStats(self.config.text_config.num_hidden_layers, layer, stride, visual_in, visual_out)
+
+    def _forward(self, visual: dict, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                 labels, use_cache, logits_to_keep, kwargs):
+        """Stock forward when compression is off or a no-op; the compressed pass otherwise."""
+        visual = {k: v for k, v in visual.items() if v is not None}
+        spec = self.compression_spec
+        if spec is None or spec.is_noop(self.config.text_config.num_hidden_layers):
+            if use_cache is not None:
+                kwargs["use_cache"] = use_cache
+            out = super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                **visual,
+                **kwargs,
+            )
+            if not isinstance(out, ModelOutput) or input_ids is None:
+                return out
+            visual_tokens = torch.isin(input_ids, torch.tensor(self._visual_token_ids(), device=input_ids.device))
+            if attention_mask is not None:
+                visual_tokens &= attention_mask[:, -input_ids.shape[1] :].bool()  # decode: mask spans the past too
+            n = visual_tokens.sum(1)
+            return CompressedCausalLMOutput(**out, compression=self._stats(spec, n, n), attention_mask=attention_mask)
+        return self._compressed_forward(
+            spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache,
+            logits_to_keep, **kwargs,
+        )
+
+    def _compressed_forward(
+        self, spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache,
+        logits_to_keep, **kwargs,
+    ):
+        for flag in ("output_attentions", "output_hidden_states"):
+            if kwargs.pop(flag, False):
+                raise ValueError(f"{flag}=True is not supported with visual compression (sequence lengths change)")
+        kwargs.pop("return_dict", None)
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError("visual compression finds the visual segments from input_ids: pass input_ids only")
+        if use_cache is None:
+            use_cache = bool(self.config.text_config.use_cache) and not self.training
+
+        inputs_embeds, segment_lengths, visual_states = self._embed_multimodal(input_ids, visual)
+        stray = [t for t in self._visual_token_ids() if t not in segment_lengths and bool((input_ids == t).any())]
+        if stray:
+            raise ValueError(f"input_ids hold visual placeholder id(s) {stray} but no matching pixel values were given")
+        layout = find_segments(input_ids, segment_lengths)
+
+        outputs, plan = compressed_decoder_forward(
+            self.model.language_model, inputs_embeds, layout, spec, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            shift_labels = compressed_targets(labels, layout.is_visual, plan) if plan is not None else None
+            loss = self.loss_function(
+                logits=logits, labels=labels, shift_labels=shift_labels,
+                vocab_size=self.config.text_config.vocab_size, **kwargs,
+            )
+        if plan is not None:
+            stats, mask = self._stats(spec, plan.visual_in, plan.visual_out), plan.attention_mask
+        else:  # a decode step: text only, appended after the compressed prefill
+            zeros = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+            stats, mask = self._stats(spec, zeros, zeros), None
+        return CompressedCausalLMOutput(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, compression=stats,
+            attention_mask=mask, **visual_states,
+        )
+
+
+class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGeneration):
+    """transformers' LLaVA with the Visual Context Compressor (one segment per image)."""
+
+    _visual_token_attrs = ("image_token_id",)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        **kwargs,
+    ) -> CompressedCausalLMOutput:
+        """LlavaForConditionalGeneration.forward, with visual tokens pooled per the config's compression spec."""
+        visual = dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, image_sizes=image_sizes,
+                      vision_feature_select_strategy=vision_feature_select_strategy,
+                      mm_encoder_outputs=mm_encoder_outputs)
+        return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                             labels, use_cache, logits_to_keep, kwargs)
+
+    def _embed_multimodal(self, input_ids, visual):
+        """Text embeddings with image features scattered in, and each image's token count."""
+        pixel_values = visual.get("pixel_values")
+        encoded = (visual.get("mm_encoder_outputs") or {}).get("image")
+        image_kwargs = {k: visual[k] for k in ("vision_feature_layer", "vision_feature_select_strategy",
+                                               "image_sizes") if k in visual}
+        embeds = self.get_input_embeddings()(input_ids)
+        if encoded is None and pixel_values is None:
+            return embeds, {}, {}
+        if encoded is None:
+            encoded = self.model.get_image_features(pixel_values=pixel_values, return_dict=True, **image_kwargs)
+        features = list(encoded.pooler_output)
+        sizes = {f.shape[0] for f in features}
+        if len(sizes) != 1:
+            raise ValueError(f"images give different token counts {sorted(sizes)}; compression needs equal-size images")
+        features = torch.cat(features).to(embeds.device, embeds.dtype)
+        mask = self.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
+        embeds = embeds.masked_scatter(mask, features)
+        return embeds, {self.config.image_token_id: sizes.pop()}, {"image_hidden_states": features}
+
+
+class VideoLlavoltaForConditionalGeneration(_CompressedMixin, VideoLlavaForConditionalGeneration):
+    """transformers' Video-LLaVA with the Visual Context Compressor (one segment per image or video frame)."""
+
+    _visual_token_attrs = ("image_token_id", "video_token_id")
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
+        **kwargs,
+    ) -> CompressedCausalLMOutput:
+        """VideoLlavaForConditionalGeneration.forward, with visual tokens pooled per frame and per image."""
+        if pixel_values is None:  # the name transformers used before 5.23
+            pixel_values = kwargs.pop("pixel_values_images", None)
+        visual = dict(pixel_values=pixel_values, pixel_values_videos=pixel_values_videos,
+                      vision_feature_layer=vision_feature_layer,
+                      vision_feature_select_strategy=vision_feature_select_strategy,
+                      mm_encoder_outputs=mm_encoder_outputs)
+        return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                             labels, use_cache, logits_to_keep, kwargs)
+
+    def _embed_multimodal(self, input_ids, visual):
+        """Text embeddings with image and frame features scattered in, and each segment's token count."""
+        images = visual.get("pixel_values")
+        videos = visual.get("pixel_values_videos")
+        layer = visual.get("vision_feature_layer")
+        strategy = visual.get("vision_feature_select_strategy")
+        encoded = visual.get("mm_encoder_outputs") or {}
+        embeds = self.get_input_embeddings()(input_ids)
+        lengths, states = {}, {}
+
+        image_out = encoded.get("image")
+        if image_out is None and images is not None:
+            image_out = self.model.get_image_features(
+                images, vision_feature_layer=layer, vision_feature_select_strategy=strategy, return_dict=True
+            )
+        if image_out is not None:
+            features = image_out.pooler_output.to(embeds.device, embeds.dtype)  # (images, tokens, dim)
+            mask, _ = self.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
+            embeds = embeds.masked_scatter(mask, features)
+            lengths[self.config.image_token_id] = features.shape[1]
+            states["image_hidden_states"] = features
+
+        video_out = encoded.get("video")
+        if video_out is None and videos is not None:
+            video_out = self.model.get_video_features(
+                pixel_values_videos=videos, vision_feature_layer=layer, return_dict=True
+            )
+        if video_out is not None:
+            features = video_out.pooler_output.to(embeds.device, embeds.dtype)  # (videos·frames, tokens, dim)
+            _, mask = self.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, video_features=features)
+            embeds = embeds.masked_scatter(mask, features)
+            frame_tokens = features.shape[1]
+            if videos is not None:  # whole videos must sit in each run of video tokens
+                frames = videos.shape[1]
+                try:
+                    find_segments(input_ids, {self.config.video_token_id: frames * frame_tokens})
+                except ValueError as err:
+                    raise ValueError(
+                        f"video tokens do not split into videos of {frames} frames × {frame_tokens} tokens: {err}"
+                    ) from None
+            lengths[self.config.video_token_id] = frame_tokens
+            states["video_hidden_states"] = features
+        return embeds, lengths, states
+
+
+_COMPRESSED = {
+    LlavaForConditionalGeneration: LlavoltaForConditionalGeneration,
+    VideoLlavaForConditionalGeneration: VideoLlavoltaForConditionalGeneration,
+}
+
+
+def enable_compression(model, spec: CompressionSpec | None):
+    """Compress `model`'s visual tokens per `spec` from its next forward on; `None` restores stock behaviour.
+
+    `model` is a transformers `LlavaForConditionalGeneration` or `VideoLlavaForConditionalGeneration`
+    (or one of their compressed subclasses); it is changed in place and returned.
+    """
+    compressed = next((c for c in _COMPRESSED.values() if isinstance(model, c)), None)
+    if compressed is None:
+        compressed = _COMPRESSED.get(type(model))
+        if compressed is None:
+            raise ValueError(
+                f"visual compression supports {[c.__name__ for c in _COMPRESSED]}, not {type(model).__name__}"
+            )
+    if spec is not None and not isinstance(spec, CompressionSpec):
+        raise ValueError(f"spec must be a CompressionSpec or None, got {type(spec).__name__}")
+    check_decoder(model.model.language_model)
+    if spec is not None:
+        spec.check_fits(model.config.text_config.num_hidden_layers)
+    model.__class__ = compressed  # adds methods only: no new modules, parameters or buffers
+    setattr(model.config, CONFIG_KEY, None if spec is None else spec.to_dict())
+    return model

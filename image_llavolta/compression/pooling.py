@@ -1,0 +1,110 @@
+"""How tokens are pooled: the slot map from a full sequence to its compressed one, and average pooling."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .segments import VisualLayout
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CompressionPlan:
+    """Where each token of a padded batch lands after pooling.
+
+    Every text token keeps a slot of its own; the visual tokens of one segment fill ceil(n/S) slots, S
+    consecutive tokens each (the last window may be shorter). Padding is dropped and the compressed
+    samples are re-padded on the batch's padding side, so the batch stays rectangular.
+    """
+
+    slot: torch.Tensor  # (B, L) long: output slot of each input token; padding goes to the dump slot `length`
+    length: int  # compressed sequence length (Lc)
+    counts: torch.Tensor  # (B, Lc) long: input tokens averaged into each slot (0 = padding)
+    position_ids: torch.Tensor  # (B, Lc) long: RoPE positions (floor of the window's mean position)
+    source_last: torch.Tensor  # (B, Lc) long: input index of the last token of each slot (0 on padding)
+    visual_in: torch.Tensor  # (B,) visual tokens before pooling
+    visual_out: torch.Tensor  # (B,) visual tokens after pooling
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, Lc) padding mask of the compressed batch (1 = real token)."""
+        return (self.counts > 0).long()
+
+
+def padding_side(attention_mask: torch.Tensor) -> str | None:
+    """'left', 'right', or None (no padding) for a 2D mask; raise on masks with holes."""
+    valid = attention_mask.bool()
+    if bool(valid.all()):
+        return None
+    if bool((valid[:, 1:] >= valid[:, :-1]).all()):
+        return "left"
+    if bool((valid[:, 1:] <= valid[:, :-1]).all()):
+        return "right"
+    raise ValueError(
+        "attention_mask has padding in the middle of a sequence; visual compression needs every sample "
+        "to be left- or right-padded (packed sequences are not supported)"
+    )
+
+
+def plan_compression(
+    layout: VisualLayout, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, stride: int
+) -> CompressionPlan:
+    """Build the slot map for pooling every segment of `layout` with kernel = stride = `stride`."""
+    is_visual, offset = layout.is_visual, layout.offset
+    batch, length = is_visual.shape
+    device = is_visual.device
+    valid = torch.ones_like(is_visual) if attention_mask is None else attention_mask.bool()
+    # Samples of equal length with different visual counts end with different lengths: re-pad them, on the
+    # left unless the batch was right-padded (left keeps the last position real, as generation needs).
+    side = padding_side(attention_mask) if attention_mask is not None else None
+
+    opens_slot = valid & (~is_visual | (offset % stride == 0))
+    slot = opens_slot.long().cumsum(1) - 1
+    kept = opens_slot.sum(1)
+    new_length = int(kept.max()) if batch else 0
+    if side != "right":
+        slot = slot + (new_length - kept)[:, None]
+    slot = torch.where(valid, slot, new_length)  # padding → dump slot, sliced off below
+
+    def scatter(values: torch.Tensor, reduce: str) -> torch.Tensor:
+        out = torch.zeros(batch, new_length + 1, dtype=values.dtype, device=device)
+        return out.scatter_reduce(1, slot, values, reduce=reduce, include_self=False)[:, :new_length]
+
+    counts = scatter(torch.ones_like(slot), "sum")
+    position_sum = scatter(position_ids.expand(batch, length).long(), "sum")
+    position_ids_out = torch.div(position_sum, counts.clamp(min=1), rounding_mode="floor")
+    index = torch.arange(length, device=device).expand(batch, length)
+    source_last = scatter(index, "amax")
+    return CompressionPlan(
+        slot=slot,
+        length=new_length,
+        counts=counts,
+        position_ids=position_ids_out,
+        source_last=source_last,
+        visual_in=(is_visual & valid).sum(1),
+        visual_out=(is_visual & opens_slot).sum(1),
+    )
+
+
+def average_pool(hidden_states: torch.Tensor, plan: CompressionPlan) -> torch.Tensor:
+    """Average the hidden states of each slot (in fp32, so bf16 windows are summed without loss)."""
+    batch, _, dim = hidden_states.shape
+    summed = torch.zeros(batch, plan.length + 1, dim, dtype=torch.float32, device=hidden_states.device)
+    summed.scatter_add_(1, plan.slot[..., None].expand(-1, -1, dim), hidden_states.float())
+    pooled = summed[:, : plan.length] / plan.counts.clamp(min=1)[..., None]
+    return pooled.to(hidden_states.dtype)
+
+
+def compressed_targets(labels: torch.Tensor, is_visual: torch.Tensor, plan: CompressionPlan) -> torch.Tensor:
+    """Next-token targets for the compressed sequence: each slot predicts the text token after it, if any.
+
+    A slot's successor in the compressed sequence is the successor of its last input token, so the
+    target is read at that index. Targets that are visual placeholders (or padding) are ignored: the loss
+    is on text only.
+    """
+    next_labels = torch.full_like(labels, IGNORE_INDEX)
+    next_labels[:, :-1] = torch.where(is_visual[:, 1:], IGNORE_INDEX, labels[:, 1:])
+    targets = next_labels.gather(1, plan.source_last)
+    return targets.masked_fill(plan.counts == 0, IGNORE_INDEX)

@@ -1,0 +1,57 @@
+"""generate() with a KV cache on a compressed model: pooled once at prefill, same logits as recomputing."""
+import pytest
+import torch
+from test_compressed_forward import llava_inputs, video_inputs
+from tiny_models import tiny_llava, tiny_video_llava
+
+from image_llavolta.compression import CompressionSpec, enable_compression
+
+STEPS = 5
+
+
+@pytest.mark.parametrize("kind,layer,stride", [("video", 2, 4), ("llava", 1, 3), ("video", 0, 8)])
+@torch.no_grad()
+def test_cached_decoding_matches_recompute(kind, layer, stride):
+    model = tiny_llava() if kind == "llava" else tiny_video_llava()
+    enable_compression(model, CompressionSpec(layer, stride))
+    _, batch, _ = llava_inputs("left") if kind == "llava" else video_inputs("left")
+    batch.pop("position_ids")  # generate derives them from the mask
+    out = model.generate(**batch, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    assert len(out.logits) == STEPS
+    pixels = {k: v for k, v in batch.items() if k.startswith("pixel")}
+    prompt = batch["input_ids"].shape[1]
+    for t, step_logits in enumerate(out.logits):
+        mask = torch.cat([batch["attention_mask"], torch.ones(len(mask_rows := batch["input_ids"]), t,
+                                                              dtype=torch.long)], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        full = model(input_ids=out.sequences[:, :prompt + t], attention_mask=mask, position_ids=positions,
+                     use_cache=False, **pixels)
+        torch.testing.assert_close(step_logits, full.logits[:, -1], atol=1e-4, rtol=1e-4)
+        assert full.compression.tokens_out < full.compression.tokens_in
+    assert mask_rows.shape[0] == 4
+
+
+@torch.no_grad()
+def test_cache_holds_full_layers_then_compressed_layers():
+    model = enable_compression(tiny_video_llava(), CompressionSpec(2, 4))
+    _, batch, _ = video_inputs("left")
+    out = model(**batch, use_cache=True)
+    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    short = out.logits.shape[1]
+    assert lengths == [batch["input_ids"].shape[1]] * 2 + [short] * 2 and short < lengths[0]
+    step = model(input_ids=torch.full((4, 1), 7), attention_mask=torch.cat([batch["attention_mask"],
+                 torch.ones(4, 1, dtype=torch.long)], 1), past_key_values=out.past_key_values, use_cache=True)
+    assert step.compression.tokens_in == 0  # nothing is pooled again when decoding
+    assert [layer.keys.shape[-2] for layer in step.past_key_values.layers] == [n + 1 for n in lengths]
+
+
+@torch.no_grad()
+def test_noop_generate_equals_stock_generate():
+    stock = tiny_llava()
+    _, batch, _ = llava_inputs("left")
+    batch.pop("position_ids")
+    kw = dict(max_new_tokens=STEPS, do_sample=False, pad_token_id=0)
+    expected = stock.generate(**batch, **kw)
+    model = enable_compression(stock, CompressionSpec(4, 2))
+    assert torch.equal(model.generate(**batch, **kw), expected)
