@@ -43,13 +43,24 @@ def check_decoder(text_model) -> None:
         raise ValueError(f"{type(text_model).__name__} has non-full-attention layers {set(layer_types)}; unsupported")
 
 
-def _run_layers(layers, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
+def _run_layer_group(text_model, layers, hidden, attention_mask, rope_positions, mask_positions, cache, use_cache,
+                     layer_idx, kwargs):
+    """Run consecutive decoder layers that share one sequence: build their mask and RoPE, then call them."""
+    mask = create_causal_mask(
+        config=text_model.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        position_ids=mask_positions,
+        layer_idx=layer_idx,
+    )
+    rope = text_model.rotary_emb(hidden, position_ids=rope_positions)
     for decoder_layer in layers:
         hidden = decoder_layer(
             hidden,
             attention_mask=mask,
-            position_embeddings=position_embeddings,
-            position_ids=position_ids,
+            position_embeddings=rope,
+            position_ids=mask_positions,
             past_key_values=cache,
             use_cache=use_cache,
             **kwargs,
@@ -74,11 +85,10 @@ def compressed_decoder_forward(
     """
     if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask")
-    config = text_model.config
     batch, length, _ = inputs_embeds.shape
     k = spec.layer
     if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=config)
+        past_key_values = DynamicCache(config=text_model.config)
     state: CacheState | None = getattr(past_key_values, CACHE_STATE_ATTR, None)
     decoding = state is not None
     if decoding and layout.num_visual:
@@ -96,15 +106,8 @@ def compressed_decoder_forward(
 
     hidden = inputs_embeds
     if k > 0:  # layers 1..K: exactly the stock pass
-        mask = create_causal_mask(
-            config=config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-        rope = text_model.rotary_emb(hidden, position_ids=position_ids)
-        hidden = _run_layers(text_model.layers[:k], hidden, mask, rope, position_ids, past_key_values, use_cache, kwargs)
+        hidden = _run_layer_group(text_model, text_model.layers[:k], hidden, attention_mask, position_ids,
+                                  position_ids, past_key_values, use_cache, 0, kwargs)
 
     plan = None
     if decoding:
@@ -129,17 +132,8 @@ def compressed_decoder_forward(
 
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.
-    short_len = hidden.shape[1]
-    contiguous = torch.arange(compressed_seen, compressed_seen + short_len, device=hidden.device).expand(batch, -1)
-    mask = create_causal_mask(
-        config=config,
-        inputs_embeds=hidden,
-        attention_mask=short_mask,
-        past_key_values=past_key_values,
-        position_ids=contiguous,
-        layer_idx=k,
-    )
-    rope = text_model.rotary_emb(hidden, position_ids=short_positions)
-    hidden = _run_layers(text_model.layers[k:], hidden, mask, rope, contiguous, past_key_values, use_cache, kwargs)
+    contiguous = torch.arange(compressed_seen, compressed_seen + hidden.shape[1], device=hidden.device)
+    hidden = _run_layer_group(text_model, text_model.layers[k:], hidden, short_mask, short_positions,
+                              contiguous.expand(batch, -1), past_key_values, use_cache, k, kwargs)
     hidden = text_model.norm(hidden)
     return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values), plan
