@@ -55,3 +55,33 @@ def test_noop_generate_equals_stock_generate():
     expected = stock.generate(**batch, **kw)
     model = enable_compression(stock, CompressionSpec(4, 2))
     assert torch.equal(model.generate(**batch, **kw), expected)
+
+
+@torch.no_grad()
+def test_assisted_decoding_crops_the_cache_correctly():
+    # Prompt-lookup decoding crops the KV cache right after the prefill; it must still equal greedy decoding.
+    model = enable_compression(tiny_video_llava(), CompressionSpec(2, 4))
+    _, batch, _ = video_inputs("left")
+    ids = batch["input_ids"][:1]
+    ids = torch.cat([ids, ids[:, -4:], ids[:, -4:]], dim=1)  # repeated n-grams: lookup proposes, then rejects
+    single = {"input_ids": ids, "pixel_values_videos": batch["pixel_values_videos"][:1]}
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    greedy = model.generate(**single, **kw)
+    assert torch.equal(model.generate(**single, prompt_lookup_num_tokens=3, **kw), greedy)
+
+
+@torch.no_grad()
+def test_continuing_from_a_layer0_cache_is_a_clear_error():
+    model = enable_compression(tiny_llava(), CompressionSpec(0, 4))
+    _, batch, _ = llava_inputs("left")
+    out = model(**batch, use_cache=True)
+    with pytest.raises(ValueError, match="repeat visual tokens that the compressed KV cache already holds"):
+        model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], past_key_values=out.past_key_values)
+
+
+@torch.no_grad()
+def test_return_dict_false_gives_a_tuple():
+    model = enable_compression(tiny_llava(), CompressionSpec(1, 4))
+    _, batch, _ = llava_inputs("left")
+    out = model(**batch, return_dict=False)
+    assert isinstance(out, tuple) and torch.equal(out[0], model(**batch).logits)

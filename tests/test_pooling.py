@@ -72,3 +72,15 @@ def test_targets_are_text_only_and_aligned():
     plan = plan_compression(layout, None, torch.arange(8)[None], stride=2)
     # compressed: t0 t1 w(I,I) w(I,I) t2 t3 → the last window predicts t2, t2 predicts t3, t3 nothing
     assert compressed_targets(labels, layout.is_visual, plan).tolist() == [[-100, -100, -100, 12, 13, -100]]
+
+
+def test_masked_visual_token_is_an_error():
+    ids = torch.tensor([[I, I, I, I, 5, 6, 7]])
+    with pytest.raises(ValueError, match="sample 0: attention_mask masks the visual placeholder token at position 0"):
+        plan_compression(find_segments(ids, {I: 4}), torch.tensor([[0, 0, 1, 1, 1, 1, 1]]), torch.arange(7)[None], 2)
+
+
+def test_text_tail_counts_trailing_text_slots():
+    ids = torch.tensor([[5, I, I, 6, 7], [5, 6, I, I, 0]])
+    plan = plan_compression(find_segments(ids, {I: 2}), (ids != 0).long(), torch.arange(5)[None], 2)
+    assert plan.text_tail.tolist() == [2, 0]  # right padding: sample 1 ends in a pad slot after its image

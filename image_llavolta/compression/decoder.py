@@ -28,6 +28,7 @@ class CacheState:
     layer: int  # first compressed layer (K)
     prefix_length: int  # full-length tokens (padding included) of the prefill
     attention_mask: torch.Tensor  # (B, Lc) padding mask of the compressed prefill
+    text_tail: int  # trailing prefill slots that are text in every sample: the cache may be cropped that far
 
 
 def check_decoder(text_model) -> None:
@@ -99,9 +100,19 @@ def compressed_decoder_forward(
         raise ValueError("the KV cache already holds tokens that were not prefilled with visual compression")
 
     compressed_seen = past_key_values.get_seq_length(k) if decoding else 0
+    if decoding:
+        # Assisted decoding crops the cache, possibly back into the prefill's trailing text; text slots map
+        # one to one onto full-length tokens, pooled slots do not.
+        cropped = max(state.attention_mask.shape[1] - compressed_seen, 0)
+        if cropped > state.text_tail:
+            raise ValueError(
+                f"the compressed KV cache was cropped by {cropped} prefill tokens, past the last "
+                f"{state.text_tail} text tokens into pooled visual tokens; such a crop cannot be undone"
+            )
+        full_seen = state.prefix_length + compressed_seen - state.attention_mask.shape[1]
     if position_ids is None:
-        full_seen = state.prefix_length + compressed_seen - state.attention_mask.shape[1] if decoding else 0
-        position_ids = torch.arange(full_seen, full_seen + length, device=inputs_embeds.device)[None]
+        start = full_seen if decoding else 0
+        position_ids = torch.arange(start, start + length, device=inputs_embeds.device)[None]
     position_ids = position_ids.expand(batch, -1)
 
     hidden = inputs_embeds
@@ -111,9 +122,10 @@ def compressed_decoder_forward(
 
     plan = None
     if decoding:
-        appended = compressed_seen - state.attention_mask.shape[1] + length  # tokens after the prefill
+        kept_prefix = state.attention_mask[:, : state.attention_mask.shape[1] - cropped]
+        appended = full_seen + length - (state.prefix_length - cropped)  # full tokens after the kept prefix
         if attention_mask is not None:
-            new = attention_mask[:, state.prefix_length :]
+            new = attention_mask[:, state.prefix_length - cropped :]
             if new.shape[1] != appended:
                 raise ValueError(
                     f"attention_mask covers {new.shape[1]} tokens after the prefill of {state.prefix_length}, "
@@ -121,14 +133,15 @@ def compressed_decoder_forward(
                 )
         else:
             new = torch.ones(batch, appended, dtype=torch.long, device=hidden.device)
-        short_mask = torch.cat([state.attention_mask.to(new.device, new.dtype), new], dim=1)
+        short_mask = torch.cat([kept_prefix.to(new.device, new.dtype), new], dim=1)
         short_positions = position_ids
     else:
         plan = plan_compression(layout, attention_mask, position_ids, spec.stride)
         hidden = average_pool(hidden, plan)
         short_mask, short_positions = plan.attention_mask, plan.position_ids
         if past_key_values is not None:
-            setattr(past_key_values, CACHE_STATE_ATTR, CacheState(k, length, short_mask))
+            tail = int(plan.text_tail.min()) if batch else 0
+            setattr(past_key_values, CACHE_STATE_ATTR, CacheState(k, length, short_mask, tail))
 
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.

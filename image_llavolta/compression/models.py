@@ -15,7 +15,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
-from .decoder import check_decoder, compressed_decoder_forward
+from .decoder import CACHE_STATE_ATTR, check_decoder, compressed_decoder_forward
 from .pooling import compressed_targets
 from .segments import find_segments
 from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
@@ -96,12 +96,20 @@ class _CompressedMixin:
         for flag in ("output_attentions", "output_hidden_states"):
             if kwargs.pop(flag, False):
                 raise ValueError(f"{flag}=True is not supported with visual compression (sequence lengths change)")
-        kwargs.pop("return_dict", None)
+        return_dict = kwargs.pop("return_dict", None)
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("visual compression finds the visual segments from input_ids: pass input_ids only")
         if use_cache is None:
             use_cache = bool(self.config.text_config.use_cache) and not self.training
 
+        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None and bool(
+            torch.isin(input_ids, torch.tensor(self._visual_token_ids(), device=input_ids.device)).any()
+        ):
+            raise ValueError(
+                "input_ids repeat visual tokens that the compressed KV cache already holds: pass only new tokens. "
+                "(Continuing generate() from a returned cache needs layer >= 1: with layer=0 every cache layer "
+                "is compressed and transformers cannot tell how many prompt tokens it holds.)"
+            )
         inputs_embeds, segment_lengths, visual_states = self._embed_multimodal(input_ids, visual)
         stray = [t for t in self._visual_token_ids() if t not in segment_lengths and bool((input_ids == t).any())]
         if stray:
@@ -125,10 +133,11 @@ class _CompressedMixin:
         else:  # a decode step: text only, appended after the compressed prefill
             zeros = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             stats, mask = self._stats(spec, zeros, zeros), None
-        return CompressedCausalLMOutput(
+        out = CompressedCausalLMOutput(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, compression=stats,
             attention_mask=mask, **visual_states,
         )
+        return out.to_tuple() if return_dict is False else out
 
 
 class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGeneration):

@@ -26,6 +26,7 @@ class CompressionPlan:
     source_last: torch.Tensor  # (B, Lc) long: input index of the last token of each slot (0 on padding)
     visual_in: torch.Tensor  # (B,) visual tokens before pooling
     visual_out: torch.Tensor  # (B,) visual tokens after pooling
+    text_tail: torch.Tensor  # (B,) text tokens after the last pooled slot (a KV cache may be cropped that far)
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -56,6 +57,10 @@ def plan_compression(
     batch, length = is_visual.shape
     device = is_visual.device
     valid = torch.ones_like(is_visual) if attention_mask is None else attention_mask.bool()
+    masked_visual = is_visual & ~valid
+    if masked_visual.any():
+        b, i = (int(v) for v in masked_visual.nonzero()[0])
+        raise ValueError(f"sample {b}: attention_mask masks the visual placeholder token at position {i}")
     # Samples of equal length with different visual counts end with different lengths: re-pad them, on the
     # left unless the batch was right-padded (left keeps the last position real, as generation needs).
     side = padding_side(attention_mask) if attention_mask is not None else None
@@ -77,6 +82,8 @@ def plan_compression(
     position_ids_out = torch.div(position_sum, counts.clamp(min=1), rounding_mode="floor")
     index = torch.arange(length, device=device).expand(batch, length)
     source_last = scatter(index, "amax")
+    text_slot = (counts > 0) & (scatter(is_visual.long(), "amax") == 0)
+    text_tail = text_slot.flip(1).long().cumprod(1).sum(1)  # run of text slots at the end of each row
     return CompressionPlan(
         slot=slot,
         length=new_length,
@@ -85,6 +92,7 @@ def plan_compression(
         source_last=source_last,
         visual_in=(is_visual & valid).sum(1),
         visual_out=(is_visual & opens_slot).sum(1),
+        text_tail=text_tail,
     )
 
 
