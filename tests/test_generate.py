@@ -20,16 +20,14 @@ def test_cached_decoding_matches_recompute(kind, layer, stride):
                          output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     assert len(out.logits) == STEPS
     pixels = {k: v for k, v in batch.items() if k.startswith("pixel")}
-    prompt = batch["input_ids"].shape[1]
+    rows, prompt = batch["input_ids"].shape
     for t, step_logits in enumerate(out.logits):
-        mask = torch.cat([batch["attention_mask"], torch.ones(len(mask_rows := batch["input_ids"]), t,
-                                                              dtype=torch.long)], dim=1)
+        mask = torch.cat([batch["attention_mask"], torch.ones(rows, t, dtype=torch.long)], dim=1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         full = model(input_ids=out.sequences[:, :prompt + t], attention_mask=mask, position_ids=positions,
                      use_cache=False, **pixels)
         torch.testing.assert_close(step_logits, full.logits[:, -1], atol=1e-4, rtol=1e-4)
         assert full.compression.tokens_out < full.compression.tokens_in
-    assert mask_rows.shape[0] == 4
 
 
 @torch.no_grad()
