@@ -54,6 +54,10 @@ class _CompressedMixin:
     def _visual_token_ids(self) -> list[int]:
         return [getattr(self.config, a) for a in self._visual_token_attrs]
 
+    def _is_visual(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: which tokens are image or video placeholders."""
+        return torch.isin(input_ids, torch.tensor(self._visual_token_ids(), device=input_ids.device))
+
     def _stats(self, spec: CompressionSpec | None, visual_in: torch.Tensor, visual_out: torch.Tensor):
         layer, stride = (spec.layer, spec.stride) if spec else (0, 1)
         return CompressionStats(self.config.text_config.num_hidden_layers, layer, stride, visual_in, visual_out)
@@ -79,7 +83,7 @@ class _CompressedMixin:
             )
             if not isinstance(out, ModelOutput) or input_ids is None:
                 return out
-            visual_tokens = torch.isin(input_ids, torch.tensor(self._visual_token_ids(), device=input_ids.device))
+            visual_tokens = self._is_visual(input_ids)
             if attention_mask is not None:
                 visual_tokens &= attention_mask[:, -input_ids.shape[1] :].bool()  # decode: mask spans the past too
             n = visual_tokens.sum(1)
@@ -102,9 +106,7 @@ class _CompressedMixin:
         if use_cache is None:
             use_cache = bool(self.config.text_config.use_cache) and not self.training
 
-        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None and bool(
-            torch.isin(input_ids, torch.tensor(self._visual_token_ids(), device=input_ids.device)).any()
-        ):
+        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None and bool(self._is_visual(input_ids).any()):
             raise ValueError(
                 "input_ids repeat visual tokens that the compressed KV cache already holds: pass only new tokens. "
                 "(Continuing generate() from a returned cache needs layer >= 1: with layer=0 every cache layer "
