@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
 from transformers.cache_utils import Cache
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.utils import ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
@@ -275,14 +276,30 @@ _COMPRESSED = {
 }
 
 
+def share_key_conversions(cls, like: str) -> None:
+    """Give `cls` transformers' checkpoint key conversions of `like` (a class name or model type).
+
+    transformers skips its renames for older layouts (e.g. llava-hf checkpoints saved by 4.x) on classes defined
+    outside it, and would then random-initialise the unmatched weights; our subclasses keep the stock weight names.
+    """
+    mapping = get_checkpoint_conversion_mapping(like)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
+
+
+share_key_conversions(LlavoltaForConditionalGeneration, "llava")
+share_key_conversions(VideoLlavoltaForConditionalGeneration, "video_llava")
+
+
 def enable_compression(model, spec: CompressionSpec | None):
     """Compress `model`'s visual tokens per `spec` from its next forward on; `None` restores stock behaviour.
 
     `model` is a transformers `LlavaForConditionalGeneration` or `VideoLlavaForConditionalGeneration`
     (or one of their compressed subclasses); it is changed in place and returned.
     """
-    compressed = next((c for c in _COMPRESSED.values() if isinstance(model, c)), None)
-    if compressed is None:
+    if isinstance(model, tuple(_COMPRESSED.values())):
+        compressed = type(model)  # already compressed (or a subclass, e.g. with other towers): keep its class
+    else:
         compressed = _COMPRESSED.get(type(model))
         if compressed is None:
             raise ValueError(
