@@ -1,0 +1,61 @@
+"""vicuna_v1 prompts and placeholder expansion: token counts that match the model's vision config."""
+import pytest
+import torch
+from test_towers import tiny
+from tiny_models import FRAMES, pixels
+from tiny_tokenizer import word_tokenizer
+
+from image_llavolta.configs import llava15_config, placeholder_tokens as image_placeholders, tiny_llava_config
+from image_llavolta.conversation import VICUNA_V1, get_template, tokenize_prompt
+from video_llavolta.configs import placeholder_tokens, tiny_video_llava_config, video_llava_config
+
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def test_vicuna_v1_render():
+    assert get_template("vicuna_v1") is VICUNA_V1
+    assert VICUNA_V1.render(["<video>\nWhat colour?"]) == SYSTEM + " USER: <video>\nWhat colour? ASSISTANT:"
+    assert VICUNA_V1.render(["hi", "hello", "more?"]) == SYSTEM + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
+    assert VICUNA_V1.render(["hi", "hello"], add_generation_prompt=False) == SYSTEM + " USER: hi ASSISTANT: hello</s>"
+    with pytest.raises(ValueError, match="nothing to generate"):
+        VICUNA_V1.render(["hi", "hello"])
+    with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
+        get_template("llama_2")
+
+
+def test_real_model_token_counts():
+    # LLaVA-1.5: 336/14 = 24² = 576; Video-LLaVA: 224/14 = 16² = 256 per image, 257 per frame × 8 frames = 2056
+    assert image_placeholders(llava15_config())["<image>"] == (32000, 576)
+    video = placeholder_tokens(video_llava_config())
+    assert video["<image>"] == (32000, 256) and video["<video>"] == (32001, 2056)
+    assert placeholder_tokens(video_llava_config(num_frames=16))["<video>"][1] == 16 * 257
+    assert video_llava_config().video_seq_length == 2056
+
+
+def test_prompt_ids_fit_the_model():
+    tokenizer = word_tokenizer(96)
+    model = tiny(temporal=False)
+    cfg = model.config
+    prompt = VICUNA_V1.render(["<video>\nwhat colour is the circle ?"])
+    ids = tokenize_prompt(tokenizer, prompt, placeholder_tokens(cfg))
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids.count(cfg.video_token_id) == FRAMES * 17  # 4×4 patches + CLS per 28-px frame
+    # the text around the placeholder is tokenized chunk by chunk, exactly as the tokenizer does it
+    before, after = prompt.split("<video>")
+    start = 1 + len(tokenizer(before, add_special_tokens=False)["input_ids"])
+    assert ids[1:start] == tokenizer(before, add_special_tokens=False)["input_ids"]
+    assert ids[start + FRAMES * 17:] == tokenizer(after, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # the model accepts exactly this many placeholders
+        model(input_ids=torch.tensor([ids]), pixel_values_videos=pixels(1, frames=FRAMES))
+        with pytest.raises(ValueError):  # a 4-frame video gives half the features
+            model(input_ids=torch.tensor([ids]), pixel_values_videos=pixels(1, frames=FRAMES // 2))
+
+
+def test_image_prompt_counts_follow_the_config():
+    tokenizer = word_tokenizer(128)
+    cfg = tiny_llava_config(image_size=42, patch_size=7)  # 6×6 patches
+    ids = tokenize_prompt(tokenizer, "<image>\nwhat shape ?", image_placeholders(cfg))
+    assert ids.count(cfg.image_token_id) == 36
+    both = tokenize_prompt(tokenizer, "<image> and <video>", placeholder_tokens(tiny_video_llava_config(num_frames=4)))
+    assert both.count(126) == 16 and both.count(127) == 4 * 17

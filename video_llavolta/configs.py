@@ -1,0 +1,43 @@
+"""Video-LLaVA configs: the real 7B shape and tiny ones for tests and the quickstart."""
+from __future__ import annotations
+
+from image_llavolta.configs import CLIP_VIT_L14, VICUNA_7B, image_tokens, tiny_text_config, tiny_vision_config
+from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
+from .modeling import DEFAULT_FRAMES, FRAMES_KEY, TEMPORAL_KEY, frame_tokens, num_frames
+
+
+def _finish(cfg: VideoLlavaConfig, frames: int, temporal: bool) -> VideoLlavaConfig:
+    setattr(cfg, FRAMES_KEY, frames)
+    setattr(cfg, TEMPORAL_KEY, temporal)
+    cfg.image_seq_length = image_tokens(cfg)
+    cfg.video_seq_length = frames * frame_tokens(cfg)
+    return cfg
+
+
+def video_llava_config(num_frames: int = DEFAULT_FRAMES, temporal_attention: bool = False) -> VideoLlavaConfig:
+    """Video-LLaVA-7B: LanguageBind CLIP ViT-L/14 at 224 px (256 image tokens, 257 per frame), Vicuna-7B."""
+    vision = CLIPVisionConfig(image_size=224, **CLIP_VIT_L14)
+    cfg = VideoLlavaConfig(vision_config=vision, text_config=LlamaConfig(**VICUNA_7B), image_token_index=32000,
+                           video_token_index=32001, vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return _finish(cfg, num_frames, temporal_attention)
+
+
+def tiny_video_llava_config(layers: int = 4, vocab_size: int = 128, num_frames: int = DEFAULT_FRAMES,
+                            temporal_attention: bool = False, image_size: int = 28, patch_size: int = 7,
+                            hidden: int = 64) -> VideoLlavaConfig:
+    """A tiny Video-LLaVA: <image> and <video> are the last two vocabulary ids."""
+    cfg = VideoLlavaConfig(vision_config=tiny_vision_config(image_size, patch_size),
+                           text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
+                           image_token_index=vocab_size - 2, video_token_index=vocab_size - 1,
+                           projector_hidden_act="gelu")
+    return _finish(cfg, num_frames, temporal_attention)
+
+
+def placeholder_tokens(config: VideoLlavaConfig) -> dict[str, tuple[int, int]]:
+    """`<image>` / `<video>` → (token id, visual tokens per image / per video of `num_frames` frames)."""
+    return {
+        "<image>": (config.image_token_id, image_tokens(config)),
+        "<video>": (config.video_token_id, num_frames(config) * frame_tokens(config)),
+    }
