@@ -1,5 +1,14 @@
-"""LLaVolta for video: Video-LLaVA-style models, staged video training and video QA evaluation.
+"""LLaVolta for video: Video-LLaVA-style models, frame sampling, staged video training and video QA evaluation.
 
-The Visual Context Compressor itself lives in `image_llavolta.compression` and already handles
-transformers' `VideoLlavaForConditionalGeneration` (one pooling segment per frame).
+Import what you need from the module that holds it (the package itself imports nothing, so that
+`frames` stays usable without loading torch or transformers):
+
+- `frames`: uniform frame sampling (decord, PyAV, frame directories) and its typed errors
+- `processing`: frame preprocessing (images: `image_llavolta.processing`)
+- `towers`: LanguageBind's video tower with temporal attention
+- `modeling`, `configs`: the Video-LLaVA model class, real and tiny configs, visual token counts
+- `checkpoint`, `convert`: strict loading of HF-format directories; the original-layout converter
+- `inputs`: prompt + media → model inputs, batching
+
+The Visual Context Compressor itself lives in `image_llavolta.compression` (one pooling segment per frame).
 """
