@@ -1,0 +1,69 @@
+"""File and process helpers the data_prep sub-commands share: atomic JSON writers, a JSON-list reader, a pool map."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically: a temp file in the same folder, then rename over the target."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:  # not mkstemp: that makes the file private (0600)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write indented, human-readable JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write one JSON object per line, atomically."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def map_unordered(fn: Callable, items: list, workers: int = 1) -> Iterator:
+    """Yield fn(item) for every item as results finish: in-process for workers <= 1, else a process pool."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    # spawn, not fork: the parent may hold threads (tqdm's monitor, decoder threads) that fork would copy mid-state.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:  # on Ctrl-C / an error, don't wait for jobs that haven't started
+                future.cancel()
+
+
+def read_json_list(path: str | os.PathLike, what: str = "entries") -> list:
+    """A JSON file holding a list, or an error that names the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: no such file") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    return data

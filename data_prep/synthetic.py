@@ -1,0 +1,390 @@
+"""make-synthetic: a small, deterministic video QA data set of coloured shapes moving in straight lines.
+
+Each video (16-32 frames at 8 fps, width and height each an even number in [64, 128]) shows 1-3
+objects on a plain black, gray or white background. Every object has its own shape (circle, square,
+triangle; shapes may repeat), its own colour (red, green, blue, yellow; never shared within a
+video) and moves in a straight line left, right, up or down, staying fully in the frame and never
+touching another object. A video is a pure function of (seed, split, index), so the same seed
+gives the same files however many workers run and however many videos are asked for.
+
+Questions (answers are single lowercase words, for an exact-match judge):
+
+- count:     "How many objects are in the video?"           -> "one" | "two" | "three"
+- colour:    "What colour is the circle?"                   -> "red" ...   (only if one circle)
+- shape:     "What shape is the red object?"                -> "circle" ... (colours are unique)
+- direction: "Which way is the square moving?"              -> "left" | "right" | "up" | "down"
+             ("the red square" when the shape alone is ambiguous); needs more than one frame.
+
+Output folder::
+
+    videos/<split>_<index:05d>.mp4   mpeg4 (default) or libx264, yuv420p
+    train.json       Video-LLaVA instruction format: one sample per training video whose
+                     conversation asks every applicable question in turn (the first human turn
+                     starts with "<video>\\n")
+    test_qa.jsonl    convert-qa's unified format plus "type": one line per question per test video
+    metadata.jsonl   the ground truth of every video (train and test)
+    dataset.json     seed, sizes, counts and question types
+    failures.jsonl   videos that could not be written (empty when all went well)
+
+Resuming: videos are written to a temp file and renamed, so a video file that exists is complete; a
+rerun with the same generator settings only writes the missing ones. A folder written with other
+settings (seed, codec) is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.io import map_unordered, write_json, write_jsonl
+
+GENERATOR_VERSION = 1  # bump when a change alters the videos or questions a seed gives
+FPS = 8
+FRAME_RANGE = (16, 32)
+SIZE_RANGE = (64, 128)
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (240, 220, 40)}
+BACKGROUNDS = {"black": (16, 16, 16), "gray": (128, 128, 128), "white": (240, 240, 240)}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+SPLITS = {"train": 0, "test": 1}  # part of each video's seed, so the splits never share a video
+QUESTION_TYPES = {
+    "count": "How many objects are in the video?",
+    "colour": "What colour is the {shape}?",
+    "shape": "What shape is the {colour} object?",
+    "direction": "Which way is the {shape} moving? / Which way is the {colour} {shape} moving?",
+}
+CODECS = {
+    # Measured on 2 CPU cores, ~100 x 100 px, 24 frames: mpeg4 ~7 ms per video, libx264 ultrafast ~12 ms.
+    "mpeg4": {"bit_rate": 2_000_000},  # the default rate (200 kb/s) smears small shapes' colours
+    "libx264": {"options": {"preset": "ultrafast", "crf": "18"}},
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def make_video(seed: int, split: str, index: int) -> dict:
+    """The ground-truth record of one video: a pure function of (seed, split, index)."""
+    rng = np.random.default_rng([seed, SPLITS[split], index, 0])
+    num_frames = int(rng.integers(FRAME_RANGE[0], FRAME_RANGE[1] + 1))
+    width, height = (2 * int(rng.integers(SIZE_RANGE[0] // 2, SIZE_RANGE[1] // 2 + 1)) for _ in range(2))
+    background = str(rng.choice(list(BACKGROUNDS)))
+    count = int(rng.integers(1, 4))
+    for _ in range(1000):  # rejection sampling: objects must never touch (deterministic through rng)
+        objects = _sample_objects(rng, count, width, height)
+        if not _objects_touch(objects, num_frames):
+            break
+    else:  # pragma: no cover - would need 1000 unlucky draws
+        raise RuntimeError(f"seed {seed}, {split} {index}: no room for {count} separate objects in {width}x{height}")
+    vid = f"{split}_{index:05d}"
+    return {
+        "video_id": vid,
+        "split": split,
+        "index": index,
+        "video": f"{vid}.mp4",
+        "num_frames": num_frames,
+        "fps": FPS,
+        "width": width,
+        "height": height,
+        "background": background,
+        "count": count,
+        "objects": objects,
+    }
+
+
+def _sample_objects(rng: np.random.Generator, count: int, width: int, height: int) -> list[dict]:
+    """count objects with distinct colours, random shapes, sizes and straight-line paths."""
+    colours = rng.choice(list(COLOURS), size=count, replace=False)
+    objects = []
+    for colour in colours:
+        shape = str(rng.choice(SHAPES))
+        size = int(rng.integers(5, min(width, height) // 8 + 1))  # half-extent in pixels
+        direction = str(rng.choice(list(DIRECTIONS)))
+        dx, dy = DIRECTIONS[direction]
+        along, across = (width, height) if dx else (height, width)
+        lo, hi = size + 1, along - size - 2  # keep the whole shape (and a pixel of margin) in frame
+        # Travel at least 40% of the free track so the direction is plain from first vs last frame.
+        dist = int(rng.integers(int(0.4 * (hi - lo)), hi - lo + 1))
+        first = int(rng.integers(lo, hi - dist + 1))
+        a, b = (first, first + dist) if dx + dy > 0 else (first + dist, first)
+        c = int(rng.integers(size + 1, across - size - 1))
+        start, end = ([a, c], [b, c]) if dx else ([c, a], [c, b])
+        objects.append(
+            {"shape": shape, "colour": str(colour), "size": size, "direction": direction, "start": start, "end": end}
+        )
+    return objects
+
+
+def position(obj: dict, t: int, num_frames: int) -> tuple[float, float]:
+    """Centre (x, y) of an object in frame t: linear from start (first frame) to end (last frame)."""
+    f = t / (num_frames - 1)
+    return tuple(s + (e - s) * f for s, e in zip(obj["start"], obj["end"]))
+
+
+def _objects_touch(objects: list[dict], num_frames: int, margin: float = 3.0) -> bool:
+    """Whether any two objects' bounding boxes come within margin pixels of each other in any frame."""
+    for t in range(num_frames):
+        boxes = [(position(o, t, num_frames), o["size"]) for o in objects]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                (xi, yi), si = boxes[i]
+                (xj, yj), sj = boxes[j]
+                gap = si + sj + margin
+                if abs(xi - xj) < gap and abs(yi - yj) < gap:
+                    return True
+    return False
+
+
+def make_questions(meta: dict, seed: int) -> list[dict]:
+    """Every applicable question of a video, each {"type", "question", "answer"}, in a seeded order."""
+    # Its own stream (last entry 1), so adding a question type never changes the videos.
+    rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 1])
+    objects = meta["objects"]
+    shape_counts = Counter(o["shape"] for o in objects)
+    questions = [{"type": "count", "question": QUESTION_TYPES["count"], "answer": NUMBER_WORDS[meta["count"]]}]
+    unique_shape = [o for o in objects if shape_counts[o["shape"]] == 1]
+    if unique_shape:  # "the circle" must name exactly one object
+        o = unique_shape[rng.integers(len(unique_shape))]
+        questions.append({"type": "colour", "question": f"What colour is the {o['shape']}?", "answer": o["colour"]})
+    o = objects[rng.integers(len(objects))]  # colours are unique within a video
+    questions.append({"type": "shape", "question": f"What shape is the {o['colour']} object?", "answer": o["shape"]})
+    o = objects[rng.integers(len(objects))]
+    name = o["shape"] if shape_counts[o["shape"]] == 1 else f"{o['colour']} {o['shape']}"
+    questions.append({"type": "direction", "question": f"Which way is the {name} moving?", "answer": o["direction"]})
+    order = rng.permutation(len(questions))
+    return [questions[i] for i in order]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixels
+
+
+def render(meta: dict) -> np.ndarray:
+    """T x H x W x 3 uint8 RGB frames of a video record."""
+    t_count, h, w = meta["num_frames"], meta["height"], meta["width"]
+    frames = np.empty((t_count, h, w, 3), np.uint8)
+    frames[:] = BACKGROUNDS[meta["background"]]
+    ys, xs = np.mgrid[0:h, 0:w]
+    for t in range(t_count):
+        for obj in meta["objects"]:
+            x, y = position(obj, t, t_count)
+            # Only the box around the shape can be inside it: 2-3x faster than testing every pixel.
+            r = obj["size"] + 1
+            box = (slice(max(0, int(y) - r), int(y) + r + 2), slice(max(0, int(x) - r), int(x) + r + 2))
+            mask = shape_mask(obj["shape"], xs[box] - x, ys[box] - y, obj["size"])
+            frames[t][box][mask] = COLOURS[obj["colour"]]
+    return frames
+
+
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, size: int) -> np.ndarray:
+    """Pixels inside a shape, given each pixel's offset (dx, dy) from the shape's centre."""
+    if shape == "circle":
+        return dx * dx + dy * dy <= size * size
+    if shape == "square":
+        return (np.abs(dx) <= size) & (np.abs(dy) <= size)
+    if shape == "triangle":  # apex up, base 2*size wide at the bottom
+        return (dy >= -size) & (dy <= size) & (np.abs(dx) <= (dy + size) / 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def encode(path: str, frames: np.ndarray, fps: int, codec: str) -> None:
+    """Encode RGB frames to an .mp4 (yuv420p) atomically: a temp file in the same folder, then rename."""
+    import av  # imported here: only the workers that encode need it
+
+    settings = CODECS[codec]
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.part")
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps, options=settings.get("options", {}))
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.thread_count = 1  # one thread per encoder: we parallelise over videos
+            if "bit_rate" in settings:
+                stream.bit_rate = settings["bit_rate"]
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())  # flush delayed frames
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_video(meta: dict, videos_dir: str, codec: str) -> dict:
+    """Render and encode one video; returns {"video_id"} or a failure record with the error."""
+    try:
+        encode(os.path.join(videos_dir, meta["video"]), render(meta), meta["fps"], codec)
+    except Exception as err:  # recorded in failures.jsonl; the other videos go on
+        return {"video_id": meta["video_id"], "error": type(err).__name__, "reason": str(err)}
+    return {"video_id": meta["video_id"]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data set
+
+
+@dataclass
+class SyntheticResult:
+    """What one make-synthetic run did."""
+
+    out_dir: str
+    written: int = 0
+    skipped: int = 0
+    failed: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+    def summary_rows(self) -> list[tuple[str, object]]:
+        """(label, value) rows for the end-of-run table."""
+        rows = [("videos written", self.written), ("videos already there", self.skipped), ("failed", len(self.failed))]
+        for key, value in self.counts.items():
+            if isinstance(value, dict):  # per-type counts, indented under their total
+                rows += [(f"  {k}", v) for k, v in value.items()]
+            else:
+                rows.append((key.replace("_", " "), value))
+        return rows
+
+
+def make_synthetic(
+    out_dir: str | os.PathLike,
+    num_train: int = 1000,
+    num_test: int = 200,
+    seed: int = 0,
+    workers: int = 1,
+    codec: str = "mpeg4",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SyntheticResult:
+    """Generate (or finish generating) the synthetic data set under out_dir."""
+    if num_train < 0 or num_test < 0:
+        raise ValueError(f"num_train and num_test must be >= 0, got {num_train}, {num_test}")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {list(CODECS)}, got {codec!r}")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    videos_dir = os.path.join(out_dir, "videos")
+    _prepare_videos_dir(videos_dir, {"generator_version": GENERATOR_VERSION, "seed": seed, "codec": codec}, overwrite)
+
+    metas = [make_video(seed, "train", i) for i in range(num_train)]
+    metas += [make_video(seed, "test", i) for i in range(num_test)]
+    wanted = {m["video"] for m in metas}
+    for name in os.listdir(videos_dir):  # videos of a bigger earlier run, or temp files of a killed one
+        if (name.endswith(".mp4") and name not in wanted) or name.endswith(".part"):
+            os.remove(os.path.join(videos_dir, name))
+    todo = [m for m in metas if not os.path.exists(os.path.join(videos_dir, m["video"]))]
+    result = SyntheticResult(out_dir, skipped=len(metas) - len(todo))
+
+    job = partial(write_video, videos_dir=videos_dir, codec=codec)
+    with tqdm(total=len(todo), desc="make-synthetic", unit="video", disable=not progress) as bar:
+        for record in map_unordered(job, todo, workers):
+            if "error" in record:
+                result.failed.append(record)
+            else:
+                result.written += 1
+            bar.update()
+    failed = {r["video_id"] for r in result.failed}
+    ok = [m for m in metas if m["video_id"] not in failed]
+    train = [m for m in ok if m["split"] == "train"]
+    test = [m for m in ok if m["split"] == "test"]
+
+    train_samples = [_train_sample(m, seed) for m in train]
+    test_qa = [
+        {"question_id": f"{m['video_id']}_{q['type']}", "video": m["video"],
+         "question": q["question"], "answer": q["answer"], "type": q["type"]}
+        for m in test
+        for q in sorted(make_questions(m, seed), key=lambda q: list(QUESTION_TYPES).index(q["type"]))
+    ]
+    result.counts = {
+        "train_videos": len(train),
+        "test_videos": len(test),
+        "train_samples": len(train_samples),
+        "train_qa_turns": sum(len(s["conversations"]) // 2 for s in train_samples),
+        "test_questions": len(test_qa),
+        "test_questions_by_type": dict(sorted(Counter(q["type"] for q in test_qa).items())),
+    }
+    write_json(os.path.join(out_dir, "train.json"), train_samples)
+    write_jsonl(os.path.join(out_dir, "test_qa.jsonl"), test_qa)
+    write_jsonl(os.path.join(out_dir, "metadata.jsonl"), ok)
+    write_jsonl(os.path.join(out_dir, "failures.jsonl"), sorted(result.failed, key=lambda r: r["video_id"]))
+    write_json(os.path.join(out_dir, "dataset.json"), _dataset_card(seed, codec, num_train, num_test, result.counts))
+    return result
+
+
+def _prepare_videos_dir(videos_dir: str, params: dict, overwrite: bool) -> None:
+    """Create videos/ with a settings marker; refuse to mix videos of other settings unless overwrite."""
+    marker = os.path.join(videos_dir, ".generator.json")
+    if os.path.isdir(videos_dir) and os.listdir(videos_dir):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+        if old != params:
+            if not overwrite:
+                raise ValueError(
+                    f"{videos_dir} holds videos made with other settings ({old}, now {params}); "
+                    f"pass --overwrite to replace them or choose another --out"
+                )
+            for name in os.listdir(videos_dir):
+                if re.fullmatch(r"\.?.+\.(mp4|part|json)", name):
+                    os.remove(os.path.join(videos_dir, name))
+    os.makedirs(videos_dir, exist_ok=True)
+    write_json(marker, params)
+
+
+def _train_sample(meta: dict, seed: int) -> dict:
+    """One Video-LLaVA instruction sample: every question of the video as consecutive turns."""
+    conversations = []
+    for i, q in enumerate(make_questions(meta, seed)):
+        conversations.append({"from": "human", "value": ("<video>\n" if i == 0 else "") + q["question"]})
+        conversations.append({"from": "gpt", "value": q["answer"]})
+    return {"id": meta["video_id"], "video": meta["video"], "conversations": conversations}
+
+
+def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: dict) -> dict:
+    """dataset.json: what the data set is and how it was made (no timings, so it stays reproducible)."""
+    return {
+        "name": "llavolta-synthetic-shapes",
+        "description": "Coloured shapes moving in straight lines on a plain background; "
+        "questions about count, colour, shape and direction of motion, answered with one lowercase word.",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "requested": {"num_train": num_train, "num_test": num_test},
+        "counts": counts,
+        "video": {
+            "codec": codec,
+            "container": "mp4",
+            "pix_fmt": "yuv420p",
+            "fps": FPS,
+            "num_frames": list(FRAME_RANGE),
+            "width_and_height_px": list(SIZE_RANGE),
+            "objects_per_video": [1, 3],
+        },
+        "colours": {k: list(v) for k, v in COLOURS.items()},
+        "backgrounds": {k: list(v) for k, v in BACKGROUNDS.items()},
+        "shapes": list(SHAPES),
+        "directions": list(DIRECTIONS),
+        "question_types": QUESTION_TYPES,
+        "answers": {
+            "count": list(NUMBER_WORDS.values()),
+            "colour": list(COLOURS),
+            "shape": list(SHAPES),
+            "direction": list(DIRECTIONS),
+        },
+        "files": {
+            "videos": "videos/<split>_<index>.mp4 (paths in the JSON files are relative to videos/)",
+            "train.json": "Video-LLaVA instruction format, one multi-turn sample per training video",
+            "test_qa.jsonl": "unified QA format (question_id, video, question, answer) plus type",
+            "metadata.jsonl": "ground truth per video: size, frames, background, objects with paths",
+            "failures.jsonl": "videos that could not be written",
+        },
+    }
