@@ -11,10 +11,9 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from .compression import CONFIG_KEY, CompressionSpec, enable_compression
-from .compression.models import LlavoltaForConditionalGeneration, VideoLlavoltaForConditionalGeneration
+from .compression.models import FROM_CONFIG, LlavoltaForConditionalGeneration, VideoLlavoltaForConditionalGeneration
 
 _CLASSES = {"llava": LlavoltaForConditionalGeneration, "video_llava": VideoLlavoltaForConditionalGeneration}
-FROM_CONFIG = "from_config"
 
 
 class CheckpointMismatchError(ValueError):

@@ -225,3 +225,17 @@ def test_enable_keeps_stock_classes_and_weights():
     assert isinstance(model, VideoLlavaForConditionalGeneration) and set(model.state_dict()) == keys
     assert not isinstance(tiny_llava(), VideoLlavaForConditionalGeneration)
     assert isinstance(enable_compression(tiny_llava(), None), LlavaForConditionalGeneration)
+
+
+@torch.no_grad()
+def test_per_call_spec_overrides_the_config():
+    model = enable_compression(tiny_video_llava(), CompressionSpec(2, 4))
+    ids = sequence(5, "video", 3)
+    videos = pixels(1, frames=FRAMES)
+    per_call = model(input_ids=torch.tensor([ids]), pixel_values_videos=videos, compression=CompressionSpec(1, 8))
+    torch.testing.assert_close(per_call.logits[0], reference_logits(model, ids, 1, 8, pixel_values_videos=videos),
+                               atol=1e-4, rtol=1e-4)
+    stock = model(input_ids=torch.tensor([ids]), pixel_values_videos=videos, compression=None)
+    assert stock.logits.shape[1] == len(ids) and model.compression_spec == CompressionSpec(2, 4)
+    with pytest.raises(ValueError, match="outside"):
+        model(input_ids=torch.tensor([ids]), pixel_values_videos=videos, compression=CompressionSpec(9, 2))

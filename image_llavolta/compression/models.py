@@ -22,6 +22,9 @@ from .segments import find_segments
 from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
 
 
+FROM_CONFIG = "from_config"  # forward(compression=...) default: the spec stored in the config
+
+
 @dataclass
 class CompressedCausalLMOutput(ModelOutput):
     """LLaVA / Video-LLaVA output plus the compression accounting of the forward.
@@ -64,10 +67,14 @@ class _CompressedMixin:
         return CompressionStats(self.config.text_config.num_hidden_layers, layer, stride, visual_in, visual_out)
 
     def _forward(self, visual: dict, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                 labels, use_cache, logits_to_keep, kwargs):
+                 labels, use_cache, logits_to_keep, kwargs, compression=FROM_CONFIG):
         """Stock forward when compression is off or a no-op; the compressed pass otherwise."""
         visual = {k: v for k, v in visual.items() if v is not None}
-        spec = self.compression_spec
+        spec = self.compression_spec if isinstance(compression, str) and compression == FROM_CONFIG else compression
+        if spec is not None and not isinstance(spec, CompressionSpec):
+            raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {spec!r}")
+        if spec is not None:
+            spec.check_fits(self.config.text_config.num_hidden_layers)
         if spec is None or spec.is_noop(self.config.text_config.num_hidden_layers):
             if use_cache is not None:
                 kwargs["use_cache"] = use_cache
@@ -163,14 +170,18 @@ class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGene
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        compression: CompressionSpec | None | str = FROM_CONFIG,
         **kwargs,
     ) -> CompressedCausalLMOutput:
-        """LlavaForConditionalGeneration.forward, with visual tokens pooled per the config's compression spec."""
+        """LlavaForConditionalGeneration.forward, with visual tokens pooled per the config's compression spec.
+
+        `compression` overrides that spec for this call (the staged trainer passes each step's).
+        """
         visual = dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, image_sizes=image_sizes,
                       vision_feature_select_strategy=vision_feature_select_strategy,
                       mm_encoder_outputs=mm_encoder_outputs)
         return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                             labels, use_cache, logits_to_keep, kwargs)
+                             labels, use_cache, logits_to_keep, kwargs, compression)
 
     def _embed_multimodal(self, input_ids, visual):
         """Text embeddings with image features scattered in, and each image's token count."""
@@ -213,9 +224,13 @@ class VideoLlavoltaForConditionalGeneration(_CompressedMixin, VideoLlavaForCondi
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict | None = None,
+        compression: CompressionSpec | None | str = FROM_CONFIG,
         **kwargs,
     ) -> CompressedCausalLMOutput:
-        """VideoLlavaForConditionalGeneration.forward, with visual tokens pooled per frame and per image."""
+        """VideoLlavaForConditionalGeneration.forward, with visual tokens pooled per frame and per image.
+
+        `compression` overrides the config's spec for this call (the staged trainer passes each step's).
+        """
         if pixel_values is None:  # the name transformers used before 5.23
             pixel_values = kwargs.pop("pixel_values_images", None)
         visual = dict(pixel_values=pixel_values, pixel_values_videos=pixel_values_videos,
@@ -223,7 +238,7 @@ class VideoLlavoltaForConditionalGeneration(_CompressedMixin, VideoLlavaForCondi
                       vision_feature_select_strategy=vision_feature_select_strategy,
                       mm_encoder_outputs=mm_encoder_outputs)
         return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                             labels, use_cache, logits_to_keep, kwargs)
+                             labels, use_cache, logits_to_keep, kwargs, compression)
 
     def _embed_multimodal(self, input_ids, visual):
         """Text embeddings with image and frame features scattered in, and each segment's token count."""

@@ -1,0 +1,302 @@
+"""Staged training on transformers' Trainer: each optimizer step runs with its stage's compression spec.
+
+The spec is passed to the model's forward per call (never set on the model between steps); the stage comes from
+`state.global_step`, so gradient accumulation, the number of ranks and resuming do not move stage boundaries.
+Samples that fail to load are logged (id, path, reason) to `failures.jsonl`, counted, and stop the run above
+`max_failure_share`; they are never replaced by other samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .checkpoint import load_model, read_config
+from .compression import enable_compression
+from .schedule import Scheme
+
+
+@dataclass
+class StageTally:
+    """What one stage did, summed over its optimizer steps (and over ranks at the end)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    loss_sum: float = 0.0
+    loss_batches: int = 0
+    visual_in: int = 0
+    visual_out: int = 0
+    tokens_over_layers: int = 0
+
+    def as_row(self, label: str, num_layers: int) -> dict:
+        """The report's row for this stage."""
+        return {
+            "stage": label,
+            "optimizer_steps": self.steps,
+            "wall_seconds": round(self.seconds, 2),
+            "samples_per_second": round(self.samples / self.seconds, 3) if self.seconds else 0.0,
+            "samples": self.samples,
+            "visual_tokens_in": self.visual_in,
+            "visual_tokens_out": self.visual_out,
+            "compression_ratio": round(self._ratio(num_layers), 4),
+            "mean_loss": round(self.loss_sum / self.loss_batches, 4) if self.loss_batches else None,
+        }
+
+    def _ratio(self, num_layers: int) -> float:
+        return num_layers * self.visual_in / self.tokens_over_layers if self.tokens_over_layers else 1.0
+
+
+class FailureLimitExceeded(RuntimeError):
+    """More samples failed to load than the run allows."""
+
+
+class StagedTrainer(Trainer):
+    """transformers' Trainer running a LLaVolta scheme, with failure accounting and a per-stage report."""
+
+    def __init__(self, *args, scheme: Scheme, num_layers: int, max_failure_share: float = 0.01,
+                 sampler_factory=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheme = scheme
+        self.num_layers = num_layers
+        self.max_failure_share = max_failure_share
+        self.sampler_factory = sampler_factory
+        self.tallies = [StageTally() for _ in scheme.stages]
+        self.failures: list[dict] = []
+        self.samples_seen = 0
+        self.stage_log: dict[int, str] = {}  # optimizer step -> stage label it ran with
+        self.add_callback(_StageClock(self))
+
+    def current_stage(self) -> int:
+        """Index of the stage of the optimizer step being computed."""
+        return self.scheme.stage_index(min(self.state.global_step, self.state.max_steps - 1), self.state.max_steps)
+
+    def get_train_dataloader(self):
+        """Batches from `sampler_factory` (one modality per global batch), this rank's share of each."""
+        if self.sampler_factory is None:
+            return super().get_train_dataloader()
+        sampler = self.sampler_factory(self.args.per_device_train_batch_size * self.args.world_size, self.args.seed)
+        return _EpochDataLoader(
+            self.train_dataset, _RankBatches(sampler, self.args.process_index, self.args.world_size),
+            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss with the current stage's compression, plus bookkeeping."""
+        failed = inputs.pop("failures", [])
+        stage = self.current_stage()
+        tally = self.tallies[stage]
+        self._record_failures(failed)
+        if "input_ids" not in inputs:  # every sample of this micro-batch failed: a zero loss keeps ranks in step
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return (zero, None) if return_outputs else zero
+        inputs["compression"] = self.scheme.stages[stage].spec
+        self.stage_log[self.state.global_step] = self.scheme.stages[stage].label()
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        tally.samples += inputs["input_ids"].shape[0]
+        tally.loss_sum += float(outputs.loss.detach())
+        tally.loss_batches += 1
+        stats = outputs.compression
+        if stats is not None:
+            tally.visual_in += stats.tokens_in
+            tally.visual_out += stats.tokens_out
+            tally.tokens_over_layers += stats.tokens_over_layers
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_failures(self, failed: list) -> None:
+        self.samples_seen += len(failed)
+        for f in failed:
+            record = {"step": self.state.global_step, **(dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f)}
+            self.failures.append(record)
+            with open(os.path.join(self.args.output_dir, "failures.jsonl"), "a") as out:
+                out.write(json.dumps(record) + "\n")
+        seen = self.samples_seen + sum(t.samples for t in self.tallies)
+        if self.failures and len(self.failures) > self.max_failure_share * max(seen, 1) and seen >= 20:
+            raise FailureLimitExceeded(
+                f"{len(self.failures)} of {seen} samples failed to load (limit {self.max_failure_share:.1%}); "
+                f"see {os.path.join(self.args.output_dir, 'failures.jsonl')}"
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Reload weights through `from_pretrained`, strictly.
+
+        transformers 5.23's Trainer reloads with `load_state_dict(strict=False)`, but `save_pretrained` writes LLaVA
+        models under their legacy key names, so that would skip every weight with only a warning, and a resumed
+        run would silently restart from the initial weights. (DeepSpeed resumes from its own engine files.)
+        """
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        config = read_config(resume_from_checkpoint)
+        loaded, _, _ = load_model(type(target), resume_from_checkpoint, config, dtype=target.dtype,
+                                  attn_implementation=target.config._attn_implementation)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+
+    def _save(self, output_dir=None, state_dict=None):
+        # The checkpoint carries the spec of the stage its last step ran in (the final stage's: normally none).
+        done = max(self.state.global_step - 1, 0)
+        spec = self.scheme.spec_at(done, self.state.max_steps) if self.state.max_steps else self.scheme.final_spec
+        enable_compression(self.accelerator.unwrap_model(self.model), spec)
+        super()._save(output_dir, state_dict)
+
+    def report(self, total_seconds: float) -> dict:
+        """Per-stage and whole-run summary (summed over ranks)."""
+        tallies = _sum_over_ranks(self.tallies)
+        rows = [t.as_row(s.label(), self.num_layers) for s, t in zip(self.scheme.stages, tallies)]
+        run = StageTally(**{k: sum(getattr(t, k) for t in tallies) for k in StageTally.__dataclass_fields__})
+        return {
+            "scheme": self.scheme.name,
+            "stages": rows,
+            "total_optimizer_steps": self.state.global_step,
+            "total_wall_seconds": round(total_seconds, 2),
+            "train_seconds": round(run.seconds, 2),
+            "average_compression_ratio": round(run._ratio(self.num_layers), 4),
+            "samples": run.samples,
+            "failed_samples": len(self.failures),
+            "stage_by_step": {str(k): v for k, v in sorted(self.stage_log.items())},  # steps run by this process
+        }
+
+
+class _StageClock(TrainerCallback):
+    """Charges the wall time between optimizer steps (data loading included) to each step's stage."""
+
+    def __init__(self, trainer: StagedTrainer):
+        self.trainer = trainer
+        self.last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now, t = time.perf_counter(), self.trainer
+        stage = t.scheme.stage_index(state.global_step - 1, state.max_steps)
+        t.tallies[stage].steps += 1
+        t.tallies[stage].seconds += now - self.last
+        self.last = now
+
+
+class _RankBatches:
+    """A batch sampler: this rank's part of each global batch of `sampler`, re-drawn per epoch."""
+
+    def __init__(self, sampler, rank: int, world_size: int):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.sampler.rank_batches(self.rank, self.world_size))
+
+    def __len__(self) -> int:
+        return len(self.sampler.rank_batches(self.rank, self.world_size))
+
+
+class _EpochDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a batch sampler that forwards `set_epoch` (the Trainer calls it each epoch)."""
+
+    def __init__(self, dataset, batch_sampler, **kwargs):
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
+    """Element-wise sums across ranks (times: the slowest rank)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tallies
+    keys = [k for k in StageTally.__dataclass_fields__ if k not in ("steps", "seconds")]
+    sums = torch.tensor([[float(getattr(t, k)) for k in keys] for t in tallies], dtype=torch.float64)
+    times = torch.tensor([t.seconds for t in tallies], dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
+    out = []
+    for t, row, sec in zip(tallies, sums.tolist(), times.tolist()):
+        values = {k: (v if k == "loss_sum" else int(v)) for k, v in zip(keys, row)}
+        out.append(StageTally(steps=t.steps, seconds=sec, **values))
+    return out
+
+
+def print_report(report: dict) -> None:
+    """The run report as a short table."""
+    cols = ["stage", "optimizer_steps", "wall_seconds", "samples_per_second", "visual_tokens_in",
+            "visual_tokens_out", "compression_ratio", "mean_loss"]
+    heads = ["stage", "steps", "time s", "samples/s", "vis in", "vis out", "CR", "loss"]
+    rows = [[str(r[c]) for c in cols] for r in report["stages"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    print(f"scheme {report['scheme']}: {report['total_optimizer_steps']} optimizer steps, "
+          f"{report['train_seconds']} s training, average CR {report['average_compression_ratio']}, "
+          f"{report['failed_samples']} failed samples")
+    for line in [heads, *rows]:
+        print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
+
+
+def set_trainable(model, phase: str, train_vision_towers: bool = False) -> dict:
+    """Freeze per phase: pretrain trains the projector; finetune the projector and the language model.
+
+    The vision towers stay frozen (as in LLaVA-1.5 and Video-LLaVA) unless `train_vision_towers`.
+    Returns the trainable parameter count per part.
+    """
+    inner = model.model
+    parts = {"projector": [inner.multi_modal_projector]}
+    if phase == "finetune":
+        parts["language_model"] = [inner.language_model, model.lm_head]
+    towers = [getattr(inner, n) for n in ("vision_tower", "image_tower", "video_tower") if hasattr(inner, n)]
+    if train_vision_towers:
+        parts["vision_towers"] = towers
+    model.requires_grad_(False)
+    counts = {}
+    for name, modules in parts.items():
+        for m in modules:
+            m.requires_grad_(True)
+        counts[name] = sum(p.numel() for m in modules for p in m.parameters())
+    return counts
+
+
+def run_training(config, model, tokenizer, train_dataset, data_collator, sampler_factory=None,
+                 resume: str | None = None, callbacks=()) -> dict:
+    """Train `model` per `config` (a TrainConfig) and its scheme; save it, write and print the run report."""
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started = time.perf_counter()
+    scheme = config.scheme_obj()
+    num_layers = model.config.text_config.num_hidden_layers
+    scheme.check_fits(num_layers)
+    if config.lora.r:
+        raise ValueError("lora.r > 0: LoRA training is not available in this build (no peft dependency)")
+    trainable = set_trainable(model, config.phase, config.model.train_vision_towers)
+    os.makedirs(config.output_dir, exist_ok=True)
+    o = config.optim
+    args = TrainingArguments(
+        output_dir=config.output_dir, per_device_train_batch_size=o.per_device_batch_size,
+        gradient_accumulation_steps=o.grad_accum, learning_rate=config.learning_rate, weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_ratio, lr_scheduler_type=o.scheduler, num_train_epochs=o.epochs,
+        max_steps=o.max_steps, max_grad_norm=o.max_grad_norm, logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit, bf16=config.precision == "bf16",
+        gradient_checkpointing=config.gradient_checkpointing, deepspeed=config.deepspeed_config(),
+        seed=config.seed, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=config.data.num_workers, use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = StagedTrainer(
+        model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+        processing_class=tokenizer, scheme=scheme, num_layers=num_layers,
+        max_failure_share=config.data.max_failure_share, sampler_factory=sampler_factory, callbacks=list(callbacks),
+    )
+    if resume == "auto":
+        resume = get_last_checkpoint(config.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(config.output_dir)
+    report = trainer.report(time.perf_counter() - started)
+    report.update(trainable_parameters=trainable, resumed_from=resume, config=config.to_dict())
+    if trainer.is_world_process_zero():
+        with open(os.path.join(config.output_dir, f"{config.report_name}.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print_report(report)
+    return report
