@@ -76,7 +76,8 @@ def make_video(seed: int, split: str, index: int) -> dict:
     """The ground-truth record of one video: a pure function of (seed, split, index)."""
     rng = np.random.default_rng([seed, SPLITS[split], index, 0])
     num_frames = int(rng.integers(FRAME_RANGE[0], FRAME_RANGE[1] + 1))
-    width, height = (2 * int(rng.integers(SIZE_RANGE[0] // 2, SIZE_RANGE[1] // 2 + 1)) for _ in range(2))
+    # Square frames: Video-LLaVA's processing centre-crops, which would cut objects off a wide frame's sides.
+    width = height = 2 * int(rng.integers(SIZE_RANGE[0] // 2, SIZE_RANGE[1] // 2 + 1))
     background = str(rng.choice(list(BACKGROUNDS)))
     count = int(rng.integers(1, 4))
     for _ in range(1000):  # rejection sampling: objects must never touch (deterministic through rng)
@@ -107,7 +108,8 @@ def _sample_objects(rng: np.random.Generator, count: int, width: int, height: in
     objects = []
     for colour in colours:
         shape = str(rng.choice(SHAPES))
-        size = int(rng.integers(5, min(width, height) // 8 + 1))  # half-extent in pixels
+        # half-extent in pixels: 1/10 to 1/6 of the frame, so a shape spans a few patches of a small vision tower
+        size = int(rng.integers(max(5, min(width, height) // 10), min(width, height) // 6 + 1))
         direction = str(rng.choice(list(DIRECTIONS)))
         dx, dy = DIRECTIONS[direction]
         along, across = (width, height) if dx else (height, width)

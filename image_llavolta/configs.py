@@ -41,11 +41,16 @@ def llava15_config() -> LlavaConfig:
                        projector_hidden_act="gelu", pad_token_id=32001)
 
 
-def tiny_llava_config(layers: int = 4, vocab_size: int = 128, image_size: int = 28, patch_size: int = 7) -> LlavaConfig:
-    """A tiny LLaVA: the <image> placeholder is the last vocabulary id."""
+def tiny_llava_config(layers: int = 4, vocab_size: int = 128, image_size: int = 28, patch_size: int = 7,
+                      hidden: int = 64, image_token_index: int | None = None) -> LlavaConfig:
+    """A tiny LLaVA; the <image> placeholder id is `image_token_index` (default: the last vocabulary id)."""
+    if image_token_index is None:
+        image_token_index = vocab_size - 1
+    if not 0 <= image_token_index < vocab_size:
+        raise ValueError(f"image_token_index {image_token_index} is outside the vocabulary (size {vocab_size})")
     vision = tiny_vision_config(image_size, patch_size)
-    cfg = LlavaConfig(vision_config=vision, text_config=tiny_text_config(layers, vocab_size=vocab_size),
-                      image_token_index=vocab_size - 1, projector_hidden_act="gelu")
+    cfg = LlavaConfig(vision_config=vision, text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
+                      image_token_index=image_token_index, projector_hidden_act="gelu")
     cfg.image_seq_length = image_tokens(cfg)
     return cfg
 

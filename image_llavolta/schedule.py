@@ -92,6 +92,21 @@ class Scheme:
         """The compression spec for optimizer step `step`."""
         return self.stages[self.stage_index(step, total_steps)].spec
 
+    def for_depth(self, num_layers: int, reference_layers: int) -> "Scheme":
+        """The scheme with each layer K rescaled from a `reference_layers`-deep decoder to `num_layers`.
+
+        The paper's K (2, 16) are for 32-layer Vicuna-7B; a tiny model keeps each stage's relative depth with
+        K' = max(1, round(K * num_layers / reference_layers)).
+        """
+        def scale(spec):
+            if spec is None:
+                return None
+            layer = max(1, round(spec.layer * num_layers / reference_layers)) if spec.layer else 0
+            return CompressionSpec(layer, spec.stride, spec.method)
+
+        name = f"{self.name}@{num_layers}/{reference_layers}"
+        return Scheme(name, tuple(Stage(scale(s.spec), s.fraction) for s in self.stages))
+
     @property
     def final_spec(self) -> CompressionSpec | None:
         """The last stage with steps: what the saved checkpoint carries (normally none)."""

@@ -96,6 +96,7 @@ class TrainConfig:
     model: ModelSection
     data: DataSection
     scheme: typing.Any = "single"  # name | path to a YAML list | list of stages; resolved by `scheme_obj`
+    scheme_reference_layers: int | None = None  # rescale the scheme's K from this depth to the model's (tiny models)
     phase: str = "finetune"
     optim: OptimSection = field(default_factory=OptimSection)
     lora: LoraSection = field(default_factory=LoraSection)

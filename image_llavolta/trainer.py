@@ -60,8 +60,9 @@ class StagedTrainer(Trainer):
     """transformers' Trainer running a LLaVolta scheme, with failure accounting and a per-stage report."""
 
     def __init__(self, *args, scheme: Scheme, num_layers: int, max_failure_share: float = 0.01,
-                 sampler_factory=None, **kwargs):
+                 sampler_factory=None, zero_stage: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.zero_stage = zero_stage
         self.scheme = scheme
         self.num_layers = num_layers
         self.max_failure_share = max_failure_share
@@ -93,6 +94,9 @@ class StagedTrainer(Trainer):
         tally = self.tallies[stage]
         self._record_failures(failed)
         if "input_ids" not in inputs:  # every sample of this micro-batch failed: a zero loss keeps ranks in step
+            if self.zero_stage == 3:  # ...except under ZeRO-3, where the other ranks' parameter gathers would hang
+                raise FailureLimitExceeded(f"every sample of a micro-batch failed to load at step "
+                                           f"{self.state.global_step}; under ZeRO-3 this rank cannot skip the forward")
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (zero, None) if return_outputs else zero
         inputs["compression"] = self.scheme.stages[stage].spec
@@ -129,9 +133,9 @@ class StagedTrainer(Trainer):
         models under their legacy key names, so that would skip every weight with only a warning, and a resumed
         run would silently restart from the initial weights. (DeepSpeed resumes from its own engine files.)
         """
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(target, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # engine files / adapters
         config = read_config(resume_from_checkpoint)
         loaded, _, _ = load_model(type(target), resume_from_checkpoint, config, dtype=target.dtype,
                                   attn_implementation=target.config._attn_implementation)
@@ -258,6 +262,25 @@ def set_trainable(model, phase: str, train_vision_towers: bool = False) -> dict:
     return counts
 
 
+# LoRA on the decoder's attention and MLP projections (LLaVA's choice); the projector trains in full.
+LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+def add_lora(model, lora):
+    """Wrap `model` with LoRA adapters (`peft`) on the language model; the projector stays fully trainable."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("lora.r > 0 needs peft: pip install 'llavolta[lora]'") from None
+    towers = {n for n, p in model.named_parameters() if p.requires_grad and "_tower" in n}
+    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=LORA_TARGETS, modules_to_save=["multi_modal_projector"]))
+    for name, param in model.named_parameters():  # keep towers trainable if the config asked for it
+        if any(name.endswith(t) for t in towers):
+            param.requires_grad_(True)
+    return model
+
+
 def run_training(config, model, tokenizer, train_dataset, data_collator, sampler_factory=None,
                  resume: str | None = None, callbacks=()) -> dict:
     """Train `model` per `config` (a TrainConfig) and its scheme; save it, write and print the run report."""
@@ -267,10 +290,13 @@ def run_training(config, model, tokenizer, train_dataset, data_collator, sampler
     started = time.perf_counter()
     scheme = config.scheme_obj()
     num_layers = model.config.text_config.num_hidden_layers
+    if config.scheme_reference_layers:
+        scheme = scheme.for_depth(num_layers, config.scheme_reference_layers)
     scheme.check_fits(num_layers)
-    if config.lora.r:
-        raise ValueError("lora.r > 0: LoRA training is not available in this build (no peft dependency)")
     trainable = set_trainable(model, config.phase, config.model.train_vision_towers)
+    if config.lora.r:
+        model = add_lora(model, config.lora)
+        trainable = {"lora_and_projector": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     os.makedirs(config.output_dir, exist_ok=True)
     o = config.optim
     args = TrainingArguments(
@@ -288,11 +314,19 @@ def run_training(config, model, tokenizer, train_dataset, data_collator, sampler
         model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
         processing_class=tokenizer, scheme=scheme, num_layers=num_layers,
         max_failure_share=config.data.max_failure_share, sampler_factory=sampler_factory, callbacks=list(callbacks),
+        zero_stage=config.zero_stage(),
     )
     if resume == "auto":
         resume = get_last_checkpoint(config.output_dir)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(config.output_dir)
+    if config.lora.r:  # save a merged model: it loads like any other checkpoint, no peft needed downstream
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        enable_compression(merged, scheme.final_spec)
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(config.output_dir)
+            tokenizer.save_pretrained(config.output_dir)
+    else:
+        trainer.save_model(config.output_dir)
     report = trainer.report(time.perf_counter() - started)
     report.update(trainable_parameters=trainable, resumed_from=resume, config=config.to_dict())
     if trainer.is_world_process_zero():

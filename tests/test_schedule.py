@@ -75,3 +75,10 @@ def test_run_config_validation_and_overrides(tmp_path):
         load_config(str(path), ["scheme=nope"])
     deepspeed = load_config(str(path), [f"deepspeed={ROOT / 'configs/deepspeed/zero3.json'}"])
     assert deepspeed.zero_stage() == 3
+
+
+def test_scheme_rescaled_to_a_shallower_model():
+    scaled = SCHEMES["four_wider_then_deeper"].for_depth(8, 32)  # K=2 -> max(1, round(0.5)) = 1, K=16 -> 4
+    assert [s.spec and (s.spec.layer, s.spec.stride) for s in scaled.stages] == [(1, 8), (1, 2), (4, 2), None]
+    assert [s.fraction for s in scaled.stages] == [0.25] * 4
+    assert SCHEMES["two"].for_depth(32, 32).stages == SCHEMES["two"].stages
