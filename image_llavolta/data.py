@@ -269,8 +269,9 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        batches = self.global_batches()
-        return [(b * -(-world_size // len(b)))[:max(len(b), world_size)][rank::world_size] for b in batches]
+        spread = [b if len(b) >= world_size else [b[i % len(b)] for i in range(world_size)]
+                  for b in self.global_batches()]
+        return [b[rank::world_size] for b in spread]
 
     def __iter__(self):
         for batch in self.global_batches():
