@@ -33,6 +33,7 @@ from functools import partial
 from tqdm import tqdm
 
 from video_llavolta.frames import ShortVideoWarning, VideoError, read_frames, write_frame_dir
+from video_llavolta.frames import frame_dir_name as video_id  # one naming rule for writers and readers
 
 from .io import VIDEO_EXTENSIONS, map_unordered, write_jsonl
 
@@ -44,13 +45,6 @@ _TEMP_DIR = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.old)?$")
 
 # ---------------------------------------------------------------------------------------------------
 # Finding videos
-
-
-def video_id(relpath: str) -> str:
-    """The id of a video from its path relative to the root: no extension, separators -> '__'."""
-    stem = os.path.splitext(os.path.normpath(relpath))[0]
-    parts = [p for p in re.split(r"[\\/]", stem) if p not in ("", ".")]
-    return "__".join(parts)
 
 
 def find_videos(source: str | os.PathLike) -> list[tuple[str, str]]:

@@ -13,7 +13,6 @@ Failures, batching and the modality sampler are the image side's, re-exported he
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
@@ -21,15 +20,10 @@ from image_llavolta import data as image_data
 from image_llavolta.data import ModalityLengthGroupedSampler, SampleFailure, TrainCollator
 
 from .configs import placeholder_tokens
+from .frames import frame_dir_name, video_source
 from .inputs import load_video
 
 __all__ = ["InstructionDataset", "ModalityLengthGroupedSampler", "SampleFailure", "TrainCollator", "frame_dir_name"]
-
-
-def frame_dir_name(video: str) -> str:
-    """The frame-directory name of a video path relative to the video root: no extension, separators -> "__"."""
-    stem = os.path.splitext(os.path.normpath(video))[0]
-    return "__".join(part for part in re.split(r"[\\/]", stem) if part not in ("", "."))
 
 
 class InstructionDataset(image_data.InstructionDataset):
@@ -52,11 +46,7 @@ class InstructionDataset(image_data.InstructionDataset):
 
     def video_source(self, video: str) -> str:
         """Where a video is read from: its frame directory under frames_root when finished, else the file."""
-        if self.frames_root is not None:
-            frame_dir = os.path.join(self.frames_root, frame_dir_name(video))
-            if os.path.isfile(os.path.join(frame_dir, "frames.json")):
-                return frame_dir
-        return os.path.join(self.video_root, video)
+        return video_source(video, self.video_root, self.frames_root)
 
     def media_source(self, kind: str, media: str) -> str:
         """Where a record's video or image is read from."""

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -293,6 +294,20 @@ def _first_line(err: Exception) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Frame directories
+
+def frame_dir_name(video: str) -> str:
+    """A video's frame-directory name from its path relative to the video root: no extension, separators -> "__"."""
+    stem = os.path.splitext(os.path.normpath(video))[0]
+    return "__".join(part for part in re.split(r"[\\/]", stem) if part not in ("", "."))
+
+
+def video_source(video: str, video_root: str | os.PathLike, frames_root: str | os.PathLike | None = None) -> str:
+    """The finished frame directory `frames_root/<frame_dir_name>` (it has frames.json) if any, else the video file."""
+    if frames_root is not None:
+        frame_dir = os.path.join(frames_root, frame_dir_name(video))
+        if os.path.isfile(os.path.join(frame_dir, "frames.json")):
+            return frame_dir
+    return os.path.join(video_root, video)
 
 
 def write_frame_dir(

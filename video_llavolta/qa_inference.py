@@ -44,7 +44,7 @@ from image_llavolta.compression import CompressionSpec
 from image_llavolta.compression.models import FROM_CONFIG
 from image_llavolta.conversation import VICUNA_V1, Template
 
-from .data import frame_dir_name
+from .frames import video_source
 from .frames import VideoError, read_frames
 from .inputs import collate, encode_sample
 from .judge import failures_path, read_failures, read_jsonl, settings_path
@@ -92,13 +92,6 @@ def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> str:
     return f"{root}.rank{rank}-of-{world_size}{ext or '.jsonl'}"
 
 
-def video_source(video: str, video_root: str | os.PathLike, frames_root: str | os.PathLike | None = None) -> str:
-    """The frame directory `frames_root/<video_id>` when it is finished (has frames.json), else the video file."""
-    if frames_root is not None:
-        frame_dir = os.path.join(frames_root, frame_dir_name(video))
-        if os.path.isfile(os.path.join(frame_dir, "frames.json")):
-            return frame_dir
-    return os.path.join(video_root, video)
 
 
 def resolve_compression(model, compression: CompressionSpec | None | str) -> CompressionSpec | None:
