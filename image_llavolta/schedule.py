@@ -5,7 +5,7 @@ the number of ranks and resuming from any checkpoint never move them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .compression import CompressionSpec
 
@@ -41,8 +41,8 @@ class Stage:
         return {**self.spec.to_dict(), "fraction": self.fraction}
 
     def label(self) -> str:
-        """'K=2,S=8' or 'none'."""
-        return "none" if self.spec is None else f"K={self.spec.layer},S={self.spec.stride}"
+        """'K=2,S=8' (plus the method unless avgpool) or 'none'."""
+        return "none" if self.spec is None else self.spec.label()
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Scheme:
             if spec is None:
                 return None
             layer = max(1, round(spec.layer * num_layers / reference_layers)) if spec.layer else 0
-            return CompressionSpec(layer, spec.stride, spec.method)
+            return replace(spec, layer=layer)
 
         name = f"{self.name}@{num_layers}/{reference_layers}"
         return Scheme(name, tuple(Stage(scale(s.spec), s.fraction) for s in self.stages))

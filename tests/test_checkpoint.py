@@ -16,7 +16,7 @@ def test_spec_saved_and_restored(tmp_path):
     model = enable_compression(tiny_video_llava(), CompressionSpec(2, 4))
     model.save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())["llavolta_compression"]
-    assert stored == {"layer": 2, "stride": 4, "method": "avgpool"}
+    assert stored == {"layer": 2, "stride": 4, "method": "avgpool", "seed": 0}
     _, batch, _ = video_inputs("left")
     loaded = load_pretrained(tmp_path, attn_implementation="sdpa").eval()
     assert loaded.compression_spec == CompressionSpec(2, 4)

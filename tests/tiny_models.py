@@ -75,24 +75,32 @@ def segment_lengths(model) -> dict[int, int]:
     return {IMAGE: PATCHES, VIDEO: PATCHES + 1}
 
 
+def windows(segment: list[int], stride: int, **_) -> list[list[int]]:
+    """Average pooling's groups: S consecutive tokens of the segment (the last window may be shorter)."""
+    return [segment[w:w + stride] for w in range(0, len(segment), stride)]
+
+
 @torch.no_grad()
-def reference_logits(model, ids: list[int], layer: int, stride: int, **pixel_inputs) -> torch.Tensor:
+def reference_logits(model, ids: list[int], layer: int, stride: int, groups=windows, attentions=False,
+                     **pixel_inputs) -> torch.Tensor:
     """Compressed logits of ONE unpadded sample, written independently of the library.
 
     Stock forward up to layer K (its hidden_states[K]), pooling in plain Python loops, then a separately
     built stock LlamaModel holding layers K+1..N and the final norm, fed the pooled positions.
+    `groups(segment, stride, hidden=, out=, ordinal=)` lists the token indices averaged into each slot of one
+    segment, in slot order (default: average pooling's windows); `attentions` asks the stock pass for its
+    attention maps (eager models only), which `groups` can read from `out`.
     """
     from transformers import LlavaForConditionalGeneration as Stock
 
     text = model.model.language_model
     input_ids = torch.tensor([ids])
-    out = Stock.forward(model, input_ids=input_ids, output_hidden_states=True, use_cache=False, **pixel_inputs) \
-        if isinstance(model, Stock) else \
-        VideoLlavaForConditionalGeneration.forward(model, input_ids=input_ids, output_hidden_states=True,
-                                                   use_cache=False, **pixel_inputs)
+    stock = Stock if isinstance(model, Stock) else VideoLlavaForConditionalGeneration
+    out = stock.forward(model, input_ids=input_ids, output_hidden_states=True, output_attentions=attentions,
+                        use_cache=False, **pixel_inputs)
     hidden = out.hidden_states[layer][0]
     lengths = segment_lengths(model)
-    pooled, positions, i = [], [], 0
+    pooled, positions, i, ordinal = [], [], 0, 0
     while i < len(ids):
         if ids[i] not in lengths:
             pooled.append(hidden[i]); positions.append(i); i += 1
@@ -101,11 +109,11 @@ def reference_logits(model, ids: list[int], layer: int, stride: int, **pixel_inp
         while run_end < len(ids) and ids[run_end] == ids[i]:
             run_end += 1
         for seg_start in range(i, run_end, lengths[ids[i]]):
-            seg_end = seg_start + lengths[ids[i]]
-            for w in range(seg_start, seg_end, stride):
-                window = list(range(w, min(w + stride, seg_end)))
+            segment = list(range(seg_start, seg_start + lengths[ids[i]]))
+            for window in groups(segment, stride, hidden=hidden, out=out, ordinal=ordinal):
                 pooled.append(sum(hidden[j] for j in window) / len(window))
                 positions.append(sum(window) // len(window))
+            ordinal += 1
         i = run_end
     n = text.config.num_hidden_layers
     tail_cfg = text.config.__class__(**{**text.config.to_dict(), "num_hidden_layers": n - layer})

@@ -13,7 +13,9 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from .methods import fastv_query_index, slot_assignment
 from .pooling import CompressionPlan, average_pool, plan_compression
+from .scores import query_attention
 from .segments import VisualLayout
 from .spec import CompressionSpec
 
@@ -45,8 +47,12 @@ def check_decoder(text_model) -> None:
 
 
 def _run_layer_group(text_model, layers, hidden, attention_mask, rope_positions, mask_positions, cache, use_cache,
-                     layer_idx, kwargs):
-    """Run consecutive decoder layers that share one sequence: build their mask and RoPE, then call them."""
+                     layer_idx, kwargs, score_query=None):
+    """Run consecutive decoder layers that share one sequence: build their mask and RoPE, then call them.
+
+    With `score_query` (B,) it also returns the head-averaged attention that the last layer pays from that
+    position to every token (FastV's ranking), else None.
+    """
     mask = create_causal_mask(
         config=text_model.config,
         inputs_embeds=hidden,
@@ -56,7 +62,11 @@ def _run_layer_group(text_model, layers, hidden, attention_mask, rope_positions,
         layer_idx=layer_idx,
     )
     rope = text_model.rotary_emb(hidden, position_ids=rope_positions)
-    for decoder_layer in layers:
+    scores = None
+    for i, decoder_layer in enumerate(layers):
+        if score_query is not None and i == len(layers) - 1:
+            with torch.no_grad():
+                scores = query_attention(decoder_layer, hidden, rope, score_query, attention_mask).mean(1)
         hidden = decoder_layer(
             hidden,
             attention_mask=mask,
@@ -66,7 +76,7 @@ def _run_layer_group(text_model, layers, hidden, attention_mask, rope_positions,
             use_cache=use_cache,
             **kwargs,
         )
-    return hidden
+    return hidden, scores
 
 
 def compressed_decoder_forward(
@@ -78,11 +88,14 @@ def compressed_decoder_forward(
     position_ids: torch.Tensor | None = None,
     past_key_values=None,
     use_cache: bool = False,
+    query_index: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[BaseModelOutputWithPast, CompressionPlan | None]:
     """Run `text_model` with visual tokens pooled after layer `spec.layer`; return its output and the plan.
 
     The plan is None on decode steps, which append text tokens to a cache filled by a compressed prefill.
+    `query_index` (B,) is the last prompt token whose attention ranks tokens for `fastv` (default: the last
+    real token of each row, which is the last prompt token when generating).
     """
     if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask")
@@ -115,10 +128,13 @@ def compressed_decoder_forward(
         position_ids = torch.arange(start, start + length, device=inputs_embeds.device)[None]
     position_ids = position_ids.expand(batch, -1)
 
-    hidden = inputs_embeds
+    hidden, scores = inputs_embeds, None
+    if spec.method == "fastv" and not decoding and query_index is None:
+        query_index = fastv_query_index(batch, length, attention_mask).to(hidden.device)
     if k > 0:  # layers 1..K: exactly the stock pass
-        hidden = _run_layer_group(text_model, text_model.layers[:k], hidden, attention_mask, position_ids,
-                                  position_ids, past_key_values, use_cache, 0, kwargs)
+        hidden, scores = _run_layer_group(
+            text_model, text_model.layers[:k], hidden, attention_mask, position_ids, position_ids, past_key_values,
+            use_cache, 0, kwargs, score_query=query_index if spec.method == "fastv" and not decoding else None)
 
     plan = None
     if decoding:
@@ -136,7 +152,8 @@ def compressed_decoder_forward(
         short_mask = torch.cat([kept_prefix.to(new.device, new.dtype), new], dim=1)
         short_positions = position_ids
     else:
-        plan = plan_compression(layout, attention_mask, position_ids, spec.stride)
+        local_slot = slot_assignment(spec, layout, hidden, scores)
+        plan = plan_compression(layout, attention_mask, position_ids, spec.stride, local_slot)
         hidden = average_pool(hidden, plan)
         short_mask, short_positions = plan.attention_mask, plan.position_ids
         if past_key_values is not None:
@@ -146,7 +163,7 @@ def compressed_decoder_forward(
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.
     contiguous = torch.arange(compressed_seen, compressed_seen + hidden.shape[1], device=hidden.device)
-    hidden = _run_layer_group(text_model, text_model.layers[k:], hidden, short_mask, short_positions,
-                              contiguous.expand(batch, -1), past_key_values, use_cache, k, kwargs)
+    hidden, _ = _run_layer_group(text_model, text_model.layers[k:], hidden, short_mask, short_positions,
+                                 contiguous.expand(batch, -1), past_key_values, use_cache, k, kwargs)
     hidden = text_model.norm(hidden)
     return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values), plan

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .decoder import CACHE_STATE_ATTR, check_decoder, compressed_decoder_forward
+from .methods import fastv_query_index
 from .pooling import compressed_targets
 from .segments import find_segments
 from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
@@ -126,9 +127,13 @@ class _CompressedMixin:
             raise ValueError(f"input_ids hold visual placeholder id(s) {stray} but no matching pixel values were given")
         layout = find_segments(input_ids, segment_lengths)
 
+        query_index = None
+        if spec.method == "fastv" and labels is not None:
+            query_index = fastv_query_index(*input_ids.shape, attention_mask, labels)
         outputs, plan = compressed_decoder_forward(
             self.model.language_model, inputs_embeds, layout, spec, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+            query_index=query_index, **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None

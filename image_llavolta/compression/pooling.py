@@ -1,4 +1,4 @@
-"""How tokens are pooled: the slot map from a full sequence to its compressed one, and average pooling."""
+"""How tokens are pooled: the slot map from a full sequence to its compressed one, and averaging each slot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ class CompressionPlan:
     """Where each token of a padded batch lands after pooling.
 
     Every text token keeps a slot of its own; the visual tokens of one segment fill ceil(n/S) slots, S
-    consecutive tokens each (the last window may be shorter). Padding is dropped and the compressed
+    consecutive tokens each for average pooling (the last window may be shorter), or as a method assigns them. Padding is dropped and the compressed
     samples are re-padded on the batch's padding side, so the batch stays rectangular.
     """
 
@@ -23,7 +23,6 @@ class CompressionPlan:
     length: int  # compressed sequence length (Lc)
     counts: torch.Tensor  # (B, Lc) long: input tokens averaged into each slot (0 = padding)
     position_ids: torch.Tensor  # (B, Lc) long: RoPE positions (floor of the window's mean position)
-    source_last: torch.Tensor  # (B, Lc) long: input index of the last token of each slot (0 on padding)
     visual_in: torch.Tensor  # (B,) visual tokens before pooling
     visual_out: torch.Tensor  # (B,) visual tokens after pooling
     text_tail: torch.Tensor  # (B,) text tokens after the last pooled slot (a KV cache may be cropped that far)
@@ -50,9 +49,18 @@ def padding_side(attention_mask: torch.Tensor) -> str | None:
 
 
 def plan_compression(
-    layout: VisualLayout, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, stride: int
+    layout: VisualLayout,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    stride: int,
+    local_slot: torch.Tensor | None = None,
 ) -> CompressionPlan:
-    """Build the slot map for pooling every segment of `layout` with kernel = stride = `stride`."""
+    """Build the slot map for reducing every segment of `layout` to ceil(n/S) slots.
+
+    By default slot j of a segment averages its tokens j·S .. j·S+S−1 (average pooling). `local_slot` (B, L)
+    gives each visual token another slot index in 0..ceil(n/S)−1 within its segment, or −1 to drop it; every
+    slot must receive at least one token (see `methods`).
+    """
     is_visual, offset = layout.is_visual, layout.offset
     batch, length = is_visual.shape
     device = is_visual.device
@@ -71,17 +79,20 @@ def plan_compression(
     new_length = int(kept.max()) if batch else 0
     if side != "right":
         slot = slot + (new_length - kept)[:, None]
-    slot = torch.where(valid, slot, new_length)  # padding → dump slot, sliced off below
+    if local_slot is not None:  # the segment's first slot, plus the method's slot within the segment
+        first = slot - torch.div(layout.offset, stride, rounding_mode="floor")
+        slot = torch.where(is_visual, torch.where(local_slot >= 0, first + local_slot, new_length), slot)
+    slot = torch.where(valid, slot, new_length)  # padding and dropped tokens → dump slot, sliced off below
 
     def scatter(values: torch.Tensor, reduce: str) -> torch.Tensor:
         out = torch.zeros(batch, new_length + 1, dtype=values.dtype, device=device)
         return out.scatter_reduce(1, slot, values, reduce=reduce, include_self=False)[:, :new_length]
 
     counts = scatter(torch.ones_like(slot), "sum")
+    if local_slot is not None and bool(((counts > 0).sum(1) != kept).any()):
+        raise ValueError("a compression method left a visual slot empty; every slot needs at least one token")
     position_sum = scatter(position_ids.expand(batch, length).long(), "sum")
     position_ids_out = torch.div(position_sum, counts.clamp(min=1), rounding_mode="floor")
-    index = torch.arange(length, device=device).expand(batch, length)
-    source_last = scatter(index, "amax")
     text_slot = (counts > 0) & (scatter(is_visual.long(), "amax") == 0)
     text_tail = text_slot.flip(1).long().cumprod(1).sum(1)  # run of text slots at the end of each row
     return CompressionPlan(
@@ -89,7 +100,6 @@ def plan_compression(
         length=new_length,
         counts=counts,
         position_ids=position_ids_out,
-        source_last=source_last,
         visual_in=(is_visual & valid).sum(1),
         visual_out=(is_visual & opens_slot).sum(1),
         text_tail=text_tail,
@@ -106,13 +116,15 @@ def average_pool(hidden_states: torch.Tensor, plan: CompressionPlan) -> torch.Te
 
 
 def compressed_targets(labels: torch.Tensor, is_visual: torch.Tensor, plan: CompressionPlan) -> torch.Tensor:
-    """Next-token targets for the compressed sequence: each slot predicts the text token after it, if any.
+    """Next-token targets for the compressed sequence: each slot predicts the text token in the slot after it.
 
-    A slot's successor in the compressed sequence is the successor of its last input token, so the
-    target is read at that index. Targets that are visual placeholders (or padding) are ignored: the loss
-    is on text only.
+    Text tokens keep slots of their own, so a slot's target is the label of the next slot's token when that
+    token is text; a next slot that is visual (or padding, or absent) gives no target: the loss is on text only.
     """
-    next_labels = torch.full_like(labels, IGNORE_INDEX)
-    next_labels[:, :-1] = torch.where(is_visual[:, 1:], IGNORE_INDEX, labels[:, 1:])
-    targets = next_labels.gather(1, plan.source_last)
-    return targets.masked_fill(plan.counts == 0, IGNORE_INDEX)
+    batch, length = labels.shape
+    is_text = ~is_visual & (plan.slot < plan.length)
+    slot_labels = torch.full((batch, plan.length + 1), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    slot_labels.scatter_(1, torch.where(is_text, plan.slot, plan.length), torch.where(is_text, labels, IGNORE_INDEX))
+    targets = torch.full_like(slot_labels[:, : plan.length], IGNORE_INDEX)
+    targets[:, :-1] = slot_labels[:, 1 : plan.length]
+    return targets

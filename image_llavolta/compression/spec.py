@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-METHODS = ("avgpool",)
+# How the visual tokens of a segment become ceil(L/S) tokens (all give the same count for the same S):
+#   avgpool: means of S consecutive tokens (the paper's compressor); random: a seeded random subset;
+#   kmeans: means of ceil(L/S) k-means clusters; fastv: the tokens the last prompt token attends to most at layer K.
+METHODS = ("avgpool", "random", "kmeans", "fastv")
 
 # Key under which the spec is stored in a model's config, so it travels with `save_pretrained` checkpoints.
 CONFIG_KEY = "llavolta_compression"
@@ -17,15 +20,17 @@ class CompressionSpec:
     """Pool visual tokens after decoder layer `layer` (K) with kernel = stride = `stride` (S).
 
     K counts decoder layers that run on the full sequence: K=0 pools the embeddings, K=N (the number of
-    decoder layers) compresses nothing.
+    decoder layers) compresses nothing. `method` picks how each segment's tokens are reduced (see METHODS);
+    `seed` drives `random`.
     """
 
     layer: int
     stride: int
     method: str = "avgpool"
+    seed: int = 0
 
     def __post_init__(self):
-        for name in ("layer", "stride"):
+        for name in ("layer", "stride", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"CompressionSpec.{name} must be an int, got {value!r}")
@@ -35,6 +40,26 @@ class CompressionSpec:
             raise ValueError(f"CompressionSpec.layer must be >= 0 (decoder layers run before pooling), got {self.layer}")
         if self.method not in METHODS:
             raise ValueError(f"CompressionSpec.method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "fastv" and self.layer < 1 and self.stride > 1:
+            raise ValueError("CompressionSpec(method='fastv') ranks tokens by layer K's attention, so layer must be >= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> "CompressionSpec":
+        """'K,S' or 'K,S,method' (e.g. '2,8' or '2,8,fastv'), as command lines take it."""
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            return cls(int(parts[0]), int(parts[1]), *parts[2:])
+        except ValueError as err:
+            detail = f": {err}" if str(err) else ""
+            raise ValueError(f"a compression spec is 'K,S' or 'K,S,method' (e.g. 2,8 or 2,8,fastv), got {text!r}"
+                             f"{detail}") from None
+
+    def label(self) -> str:
+        """'K=2,S=8' for average pooling, 'K=2,S=8,fastv' for another method."""
+        base = f"K={self.layer},S={self.stride}"
+        return base if self.method == "avgpool" else f"{base},{self.method}"
 
     def is_noop(self, num_layers: int) -> bool:
         """True when this spec leaves every layer's input unchanged for a model with `num_layers` layers."""
