@@ -1,41 +1,15 @@
-"""File and process helpers the data_prep sub-commands share: atomic JSON writers, a JSON-list reader, a pool map."""
+"""File and process helpers the data_prep sub-commands share: a JSON-list reader and a pool map (atomic writers:
+`image_llavolta.jsonio`)."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically: a temp file in the same folder, then rename over the target."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # not mkstemp: that makes the file private (0600)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write indented, human-readable JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write one JSON object per line, atomically."""
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def map_unordered(fn: Callable, items: list, workers: int = 1) -> Iterator:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from data_prep.io import VIDEO_EXTENSIONS, read_json_list, write_json, write_jsonl
+from data_prep.io import VIDEO_EXTENSIONS, read_json_list
+from image_llavolta.jsonio import write_json, write_jsonl
 
 PROBLEMS = (
     "malformed_questions",

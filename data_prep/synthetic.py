@@ -43,7 +43,8 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.io import map_unordered, write_json, write_jsonl
+from data_prep.io import map_unordered
+from image_llavolta.jsonio import write_json, write_jsonl
 
 GENERATOR_VERSION = 1  # bump when a change alters the videos or questions a seed gives
 FPS = 8

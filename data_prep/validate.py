@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from data_prep.extract import video_id
-from data_prep.io import read_json_list, write_jsonl
+from data_prep.io import read_json_list
+from image_llavolta.jsonio import write_jsonl
 
 PLACEHOLDERS = {"image": "<image>", "video": "<video>"}
 ROLES = ("human", "gpt")

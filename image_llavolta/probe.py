@@ -24,11 +24,9 @@ little attention.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -37,6 +35,7 @@ from .compression import CompressionSpec, CompressionStats, pooled_length
 from .compression.scores import query_attention
 from .conversation import Template
 from .inputs import collate
+from .jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -120,35 +119,6 @@ def share_kept_from_stats(stats: CompressionStats) -> float:
     if stats.tokens_in == 0:
         raise ValueError("the forward had no visual tokens: the share kept is undefined")
     return stats.tokens_over_layers / (stats.num_layers * stats.tokens_in)
-
-
-def write_json(path: str, data) -> None:
-    """Write indented JSON atomically: a killed run leaves the old file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def read_json(path: str | os.PathLike, what: str = "results") -> dict:
-    """A JSON object from `path`, or a ValueError naming the file."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete it to start the {what} over") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of {what}, got {type(data).__name__}")
-    return data
 
 
 def check_settings(path: str, stored: Mapping | None, settings: Mapping, what: str) -> None:

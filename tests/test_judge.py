@@ -10,13 +10,13 @@ from collections import Counter
 import pytest
 from fake_openai import FakeOpenAI
 
+from image_llavolta.jsonio import failures_path
 from video_llavolta.judge import (
     DEFAULT_JUDGE_MODEL,
     JudgeError,
     JudgeParseError,
     OfflineJudge,
     OpenAIJudge,
-    failures_path,
     judge_predictions,
     main,
     normalize_answer,

@@ -23,8 +23,8 @@ from video_llavolta.probe import main as probe_main
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NEW_TOKENS = qa_tests.NEW_TOKENS
 # The video QA tests' fixtures, reused: synthetic test split, tiny model, word tokenizer, one-by-one reference answers.
-data, model, one_thread, reference, tokenizer = (qa_tests.data, qa_tests.model, qa_tests.one_thread,
-                                                 qa_tests.reference, qa_tests.tokenizer)
+data, model, reference, tokenizer = qa_tests.data, qa_tests.model, qa_tests.reference, qa_tests.tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read(path):

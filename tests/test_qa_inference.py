@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import Killed, read_jsonl, write_jsonl
 from test_towers import tiny
 from tiny_models import IMAGE, VIDEO
 from tiny_tokenizer import word_tokenizer
@@ -25,27 +26,10 @@ NEW_TOKENS = 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class Killed(BaseException):
-    """Stands for a kill: nothing in the library catches it."""
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
-
-def write_jsonl(path, records):
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run several times faster on one thread than on two contended ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

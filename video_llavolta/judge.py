@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import openai
 from tqdm import tqdm
 
-from data_prep.io import write_json, write_jsonl
+from image_llavolta.jsonio import read_failures, read_jsonl, sidecar_path, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -86,51 +86,6 @@ _ALIAS_SUFFIX = re.compile(r"-(\d{4}(-\d{2}-\d{2})?|\d{8})$")  # -0125, -2024-05
 
 # ---------------------------------------------------------------------------------------------------
 # Prediction files (shared with qa_inference, which writes them)
-
-
-def sidecar_path(pred_path: str | os.PathLike, suffix: str) -> str:
-    """`preds.jsonl` -> `preds<suffix>` (e.g. `.failures.jsonl`, `.settings.json`)."""
-    return os.path.splitext(os.fspath(pred_path))[0] + suffix
-
-
-def failures_path(pred_path: str | os.PathLike) -> str:
-    """The failures JSONL that goes with a predictions file: questions whose video failed to load."""
-    return sidecar_path(pred_path, ".failures.jsonl")
-
-
-def settings_path(pred_path: str | os.PathLike) -> str:
-    """The settings JSON that goes with a predictions file: model, compression, frames, generation."""
-    return sidecar_path(pred_path, ".settings.json")
-
-
-def read_jsonl(path: str | os.PathLike, missing_ok: bool = False) -> list[dict]:
-    """JSON objects, one a line; a cut-off last line (a killed writer) is ignored, any other bad line is an error."""
-    path = os.fspath(path)
-    if missing_ok and not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):  # no newline after it: the write was cut off
-                logger.warning("%s: ignoring the cut-off last line %d", path, number)
-                continue
-            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
-
-
-def read_failures(pred_path: str | os.PathLike, predicted: set[str] = frozenset()) -> dict[str, dict]:
-    """question id (str) -> failure record beside a predictions file; the last copy wins, predicted ids dropped."""
-    failures = {str(f["question_id"]): f for f in read_jsonl(failures_path(pred_path), missing_ok=True)}
-    return {k: v for k, v in failures.items() if k not in predicted}
 
 
 # ---------------------------------------------------------------------------------------------------

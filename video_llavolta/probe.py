@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 import torch
 
-from data_prep.io import write_jsonl
+from image_llavolta.jsonio import write_jsonl
 from image_llavolta.compression import CompressionSpec
 from image_llavolta.conversation import VICUNA_V1, Template
 from image_llavolta.plots import save_plots

@@ -23,36 +23,48 @@ A rerun with other settings (compression, model, generation) into the same file 
 Questions go to ranks by position (rank r takes every W-th question from the r-th); `merge_predictions` then
 checks that every question id of the QA file appears exactly once over all shards (predicted or failed) and joins
 every reference answer by question id from the QA file, never by position. Any mismatch is an error.
+
+The batched resumable loop, the sidecar files, decoding and the merge are `image_llavolta.generation`'s, shared
+with the image benchmark harness (`image_llavolta.evaluate`); this module says how a video question is read.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import torch
 import transformers
-from tqdm import tqdm
-from transformers import GenerationConfig
 
-from data_prep.io import write_json, write_jsonl
 from image_llavolta.compression import CompressionSpec
 from image_llavolta.compression.models import FROM_CONFIG
 from image_llavolta.conversation import VICUNA_V1, Template
+from image_llavolta.generation import (  # the shared loop; re-exported here for the video harness's callers
+    answer_questions,
+    error_reason,
+    generate_answers,
+    generation_config,
+    generation_settings,
+    merge_shards,
+    parse_compression,
+    resolve_compression,
+    shard_path,
+)
+from image_llavolta.jsonio import read_jsonl
 
-from .frames import video_source
-from .frames import VideoError, read_frames
-from .inputs import collate, encode_sample
-from .judge import failures_path, read_failures, read_jsonl, settings_path
+from .frames import read_frames, video_source
+from .inputs import encode_sample
 from .modeling import num_frames
+
+__all__ = ["generate_answers", "generation_config", "main", "merge_predictions", "parse_compression", "read_qa",
+           "resolve_compression", "run_inference", "shard_path"]
 
 logger = logging.getLogger(__name__)
 
 QA_FIELDS = ("question_id", "video", "question", "answer")
+REFERENCE_FIELDS = ("question", "answer")  # checked against the QA file when merging
 EXTRA_FIELDS = ("type", "video")  # carried from the QA record into each prediction when present
 
 
@@ -69,78 +81,7 @@ def read_qa(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def parse_compression(text: str) -> CompressionSpec | None | str:
-    """`none`, `from_config` or `K,S` (pool after layer K with stride S) as `run_inference` takes it."""
-    text = text.strip().lower()
-    if text == "none":
-        return None
-    if text == FROM_CONFIG:
-        return FROM_CONFIG
-    try:
-        layer, stride = (int(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"compression must be 'none', '{FROM_CONFIG}' or 'K,S' (e.g. 2,8), got {text!r}") from None
-    return CompressionSpec(layer, stride)
-
-
-def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> str:
-    """Where rank `rank` of `world_size` writes: `out_path` itself for one rank, else `<name>.rank<r>-of-<W><ext>`."""
-    out_path = os.fspath(out_path)
-    if world_size == 1:
-        return out_path
-    root, ext = os.path.splitext(out_path)
-    return f"{root}.rank{rank}-of-{world_size}{ext or '.jsonl'}"
-
-
-
-
-def resolve_compression(model, compression: CompressionSpec | None | str) -> CompressionSpec | None:
-    """The spec a run uses: the model config's for "from_config", else the one given (None = no compression)."""
-    if isinstance(compression, str):
-        if compression != FROM_CONFIG:
-            raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {compression!r}")
-        return getattr(model, "compression_spec", None)  # a stock transformers model compresses nothing
-    if compression is not None:
-        if not isinstance(compression, CompressionSpec):
-            raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {compression!r}")
-        if not hasattr(model, "compression_spec"):
-            raise ValueError(f"{type(model).__name__} has no compressor: call enable_compression(model, None) first")
-        compression.check_fits(model.config.text_config.num_hidden_layers)
-    return compression
-
-
-def generation_config(tokenizer, config, max_new_tokens: int) -> GenerationConfig:
-    """Greedy decoding, fully specified (the checkpoint's own generation_config is not consulted).
-
-    The visual placeholder ids are never generated: they stand for pixels, and a generated one would be
-    taken for a new video in the next step.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None),
-               None)
-    if pad is None:
-        raise ValueError("the tokenizer has no pad, unk or eos token to pad batches with")
-    placeholders = sorted({config.image_token_id, config.video_token_id})
-    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                            suppress_tokens=placeholders)
-
-
-@torch.inference_mode()
-def generate_answers(model, tokenizer, samples: Sequence[dict], generation: GenerationConfig,
-                     compression: CompressionSpec | None) -> list[str]:
-    """Greedy answers of encoded samples, batched with left padding: new tokens only, special tokens skipped."""
-    batch = collate(samples, generation.pad_token_id, padding_side="left")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    batch["pixel_values_videos"] = batch["pixel_values_videos"].to(model.dtype)
-    extra = {"compression": compression} if hasattr(model, "compression_spec") else {}
-    out = model.generate(**batch, generation_config=generation, **extra)
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def _settings(model, tokenizer, compression_arg, spec, template: Template, generation: GenerationConfig,
+def _settings(model, tokenizer, compression_arg, spec, template: Template, generation,
               rank: int, world_size: int) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
     return {
@@ -153,47 +94,10 @@ def _settings(model, tokenizer, compression_arg, spec, template: Template, gener
         "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
                      "sep2": template.sep2},
         "prompt": "<video>\\n{question}",
-        "generation": {"do_sample": generation.do_sample, "num_beams": generation.num_beams,
-                       "max_new_tokens": generation.max_new_tokens, "eos_token_id": generation.eos_token_id,
-                       "pad_token_id": generation.pad_token_id, "suppress_tokens": generation.suppress_tokens},
+        "generation": generation_settings(generation),
         "rank": rank,
         "world_size": world_size,
     }
-
-
-def _check_resumable(path: str, settings: dict) -> None:
-    """Refuse to append to predictions made with other settings."""
-    sidecar = settings_path(path)
-    if not os.path.exists(sidecar):
-        return
-    with open(sidecar, encoding="utf-8") as f:
-        stored = json.load(f).get("settings", {})
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} holds predictions made with other settings ({details}); "
-                         "write to another file or delete it to start over")
-
-
-def _load_done(path: str, shard_ids: set[str]) -> dict[str, dict]:
-    """Predictions already in `path` (id -> record); rewrites the file without a cut-off last line."""
-    if not os.path.exists(path):
-        return {}
-    records = read_jsonl(path)
-    done = {}
-    for r in records:
-        key = str(r.get("question_id"))
-        if key not in shard_ids:
-            raise ValueError(f"{path} holds a prediction for question id {r.get('question_id')!r}, which is not "
-                             "in this shard of the QA file: another QA file or world size?")
-        if key in done:
-            raise ValueError(f"{path} holds question id {r['question_id']!r} twice")
-        done[key] = r
-    with open(path, "rb") as f:
-        data = f.read()
-    if data and (not data.endswith(b"\n") or data.count(b"\n") != len(records)):
-        write_jsonl(path, records)  # drop the partial line before appending after it
-    return done
 
 
 def _prediction(record: dict, pred: str) -> dict:
@@ -201,13 +105,6 @@ def _prediction(record: dict, pred: str) -> dict:
     out["pred"] = pred
     out.update({k: record[k] for k in EXTRA_FIELDS if k in record})
     return out
-
-
-def _append(f, records: list[dict]) -> None:
-    if records:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())  # the batch survives even a machine crash
 
 
 def run_inference(
@@ -230,134 +127,37 @@ def run_inference(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shard = read_qa(qa_path)[rank::world_size]
-    path = shard_path(out_path, rank, world_size)
     spec = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens)
     settings = _settings(model, tokenizer, compression, spec, template, generation, rank, world_size)
-    done = _load_done(path, {str(r["question_id"]) for r in shard})
-    if done:
-        _check_resumable(path, settings)
-    pending = [r for r in shard if str(r["question_id"]) not in done]  # failures of earlier runs are retried
     run = {"qa": os.path.abspath(qa_path), "video_root": os.path.abspath(video_root),
            "frames_root": None if frames_root is None else os.path.abspath(frames_root), "batch_size": batch_size,
            "device": str(model.device), "dtype": str(model.dtype), "torch": torch.__version__,
-           "transformers": transformers.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(settings_path(path), {"settings": settings, "run": run, "status": "running"})
-
+           "transformers": transformers.__version__}
     frames_per_video = num_frames(model.config)
+
+    def encode(record: dict) -> dict:
+        frames = read_frames(video_source(record["video"], video_root, frames_root), frames_per_video)
+        prompt = template.render(["<video>\n" + record["question"]])
+        return encode_sample(tokenizer, model.config, prompt, videos=[frames])
+
+    def failure(record: dict, err: BaseException) -> dict:
+        return {**{k: record[k] for k in ("question_id", "question", "answer")},
+                **{k: record[k] for k in EXTRA_FIELDS if k in record},
+                "path": video_source(record["video"], video_root, frames_root), "reason": error_reason(err)}
+
     model.eval()
-    failures, written = {}, 0
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as out, open(failures_path(path), "a", encoding="utf-8") as fail, \
-            tqdm(total=len(pending), desc=f"qa rank {rank}" if world_size > 1 else "qa", unit="q",
-                 disable=not pending) as bar:
-        for start in range(0, len(pending), batch_size):
-            samples, answered, failed = [], [], []
-            for record in pending[start : start + batch_size]:
-                source = video_source(record["video"], video_root, frames_root)
-                try:
-                    frames = read_frames(source, frames_per_video)
-                except Exception as err:  # decoders raise many types on bad files: fail this question only
-                    message = err.message if isinstance(err, VideoError) else str(err)
-                    failed.append({**{k: record[k] for k in ("question_id", "question", "answer")},
-                                   **{k: record[k] for k in EXTRA_FIELDS if k in record},
-                                   "path": source, "reason": f"{type(err).__name__}: {message}"})
-                    continue
-                prompt = template.render(["<video>\n" + record["question"]])
-                samples.append(encode_sample(tokenizer, model.config, prompt, videos=[frames]))
-                answered.append(record)
-            preds = generate_answers(model, tokenizer, samples, generation, spec) if samples else []
-            _append(out, [_prediction(r, p) for r, p in zip(answered, preds)])
-            _append(fail, failed)
-            written += len(preds)
-            failures.update((str(f["question_id"]), f) for f in failed)
-            bar.update(len(samples) + len(failed))
-    # Every failure of earlier runs was retried above, so this run's failures are the complete list.
-    write_jsonl(failures_path(path), failures.values())
-    for f in failures.values():
-        logger.warning("question %s: video failed: %s", f["question_id"], f["reason"])
-
-    counts = {"questions": len(shard), "predicted": len(done) + written, "resumed": len(done), "new": written,
-              "failed": len(failures)}
-    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(settings_path(path), {"settings": settings, "run": run, "status": "complete", "counts": counts,
-                                     "failed_question_ids": [f["question_id"] for f in failures.values()]})
-    return {"predictions": path, "failures": failures_path(path), "settings": settings_path(path), **counts}
-
-
-def _shard_settings(path: str) -> dict | None:
-    sidecar = settings_path(path)
-    if not os.path.exists(sidecar):
-        return None
-    with open(sidecar, encoding="utf-8") as f:
-        return json.load(f)
+    return answer_questions(
+        shard, shard_path(out_path, rank, world_size), settings, run, encode,
+        lambda samples: generate_answers(model, tokenizer, samples, generation, spec), _prediction, failure,
+        batch_size, desc=f"qa rank {rank}" if world_size > 1 else "qa",
+    )
 
 
 def merge_predictions(shard_paths: Sequence[str | os.PathLike], qa_path: str | os.PathLike,
                       out_path: str | os.PathLike) -> dict:
     """Merge rank shards into `out_path` in QA order: every question id exactly once, references joined by id."""
-    qa = {str(r["question_id"]): r for r in read_qa(qa_path)}
-    shard_paths = [os.fspath(p) for p in shard_paths]
-    if not shard_paths:
-        raise ValueError("no shard files to merge")
-    where: dict[str, str] = {}  # question id -> the shard that holds it
-    preds, failures = {}, {}
-    duplicates, unknown, mismatched = [], [], []
-    for path in shard_paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such shard file")
-        shard_preds = read_jsonl(path)
-        shard_ids = {str(p.get("question_id")) for p in shard_preds}
-        entries = [(p, "pred") for p in shard_preds] + [(f, "fail") for f in read_failures(path, shard_ids).values()]
-        for entry, kind in entries:
-            key = str(entry.get("question_id"))
-            if key in where:
-                duplicates.append(f"{entry.get('question_id')!r} ({where[key]} and {path})")
-                continue
-            where[key] = path
-            ref = qa.get(key)
-            if ref is None:
-                unknown.append(f"{entry.get('question_id')!r} ({path})")
-            elif any(entry.get(k, ref[k]) != ref[k] for k in ("question", "answer")):
-                mismatched.append(f"{entry.get('question_id')!r} ({path})")
-            elif kind == "pred":
-                preds[key] = entry
-            else:
-                failures[key] = entry
-    missing = [repr(r["question_id"]) for key, r in qa.items() if key not in where]
-    problems = [
-        (duplicates, "question ids appear more than once"),
-        (unknown, "question ids are not in the QA file"),
-        (mismatched, "predictions have another question or reference answer than the QA file"),
-        (missing, "question ids of the QA file have neither a prediction nor a failure (an unfinished shard?)"),
-    ]
-    errors = [f"{len(items)} {what}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-              for items, what in problems if items]
-    sidecars = [_shard_settings(p) for p in shard_paths]
-    common = [{k: v for k, v in s["settings"].items() if k != "rank"} for s in sidecars if s]
-    if any(c != common[0] for c in common):
-        errors.append("the shards were made with different settings (model, compression or generation)")
-    if common and common[0].get("world_size") != len(shard_paths):
-        errors.append(f"the shards were written by {common[0].get('world_size')} ranks but {len(shard_paths)} "
-                      "shard files were given")
-    if errors:
-        raise ValueError(f"cannot merge {len(shard_paths)} shard(s) against {qa_path}:\n  " + "\n  ".join(errors))
-
-    merged, merged_failures = [], []
-    for key, ref in qa.items():  # QA order; the reference answer comes from the QA file
-        if key in preds:
-            merged.append(_prediction(ref, preds[key]["pred"]))
-        else:
-            merged_failures.append({**failures[key], **{k: ref[k] for k in ("question_id", "question", "answer")}})
-    write_jsonl(out_path, merged)
-    write_jsonl(failures_path(out_path), merged_failures)
-    counts = {"questions": len(qa), "predicted": len(merged), "failed": len(merged_failures)}
-    write_json(settings_path(out_path), {
-        "settings": common[0] if common else None, "shards": shard_paths, "qa": os.path.abspath(qa_path),
-        "status": "complete", "counts": counts,
-        "failed_question_ids": [f["question_id"] for f in merged_failures],
-    })
-    return {"predictions": os.fspath(out_path), "failures": failures_path(out_path), **counts}
+    return merge_shards(shard_paths, read_qa(qa_path), out_path, _prediction, REFERENCE_FIELDS, qa_path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,400 @@
+"""Image benchmark evaluation: a model answers a benchmark's local question file, then the answers are scored.
+
+    python -m image_llavolta.evaluate --benchmark configs/benchmarks/gqa.yaml --data gqa.jsonl --image-root images/ \\
+        --model CKPT --out results/ [--compression K,S|none|from_config] [--batch-size 8] [--limit 100]
+    torchrun --nproc-per-node 8 -m image_llavolta.evaluate ...               # one shard per rank, not scored
+    python -m image_llavolta.evaluate merge --benchmark ... --data ... --out results/ --world-size 8   # + score
+    python -m image_llavolta.evaluate score --benchmark ... --data ... --out results/  # score existing predictions
+
+The benchmark spec (`image_llavolta.benchmarks`) gives the answer type, the prompt suffix, the metric and the
+question file's layout; `image_llavolta.scoring` says how answers are parsed and scored. Generation is greedy,
+batched with left padding and resumable (`image_llavolta.generation`); images are padded to a square with the CLIP
+mean colour, as LLaVA-1.5 evaluates.
+
+Files in `--out`, named after the benchmark (`gqa` here):
+
+    gqa.predictions.jsonl          {"question_id", "image", "question", answer field(s), ["options", "hint"],
+                                    ["category"], "pred"}, appended batch by batch
+    gqa.predictions.failures.jsonl questions whose image failed to load, with the reason (scored as wrong)
+    gqa.predictions.settings.json  model, compression, benchmark spec, prompt, generation, counts
+    gqa.scores.jsonl               one line per question: parsed answer, score, status, why it was unparsed
+    gqa.results.json               metrics overall and per category, counts, settings; also printed as a table
+
+Every question of the question file (or of its first `--limit`) counts: a missing, failed or unparsed answer
+scores 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+import transformers
+
+from .benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
+from .compression import CompressionSpec
+from .compression.models import FROM_CONFIG
+from .configs import placeholder_tokens
+from .conversation import get_template, tokenize_prompt
+from .generation import (
+    answer_questions,
+    error_reason,
+    generate_answers,
+    generation_config,
+    generation_settings,
+    merge_shards,
+    parse_compression,
+    resolve_compression,
+    shard_path,
+)
+from .jsonio import read_failures, read_jsonl, settings_path, write_json, write_jsonl
+from .inputs import load_image
+from .scoring import exact_match, extract_choice, normalize_answer, parse_yes_no, summarize, vqa_accuracy
+
+logger = logging.getLogger(__name__)
+
+COUNT_KEYS = ("questions", "answered", "unparsed", "missing")
+
+
+def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, str]:
+    """The files of one benchmark's evaluation in `out_dir`."""
+    out_dir = os.fspath(out_dir)
+    return {"predictions": os.path.join(out_dir, f"{name}.predictions.jsonl"),
+            "scores": os.path.join(out_dir, f"{name}.scores.jsonl"),
+            "results": os.path.join(out_dir, f"{name}.results.json")}
+
+
+def encode_question(tokenizer, config, spec: BenchmarkSpec, record: dict, image_root: str | os.PathLike) -> dict:
+    """One model sample: the rendered prompt's ids with the image placeholder expanded, and the image's pixels."""
+    prompt = get_template(spec.template).render([build_prompt(spec, record)])
+    pixels = load_image(os.path.join(image_root, record["image"]), config, pad_to_square=True)
+    return {"input_ids": tokenize_prompt(tokenizer, prompt, placeholder_tokens(config)), "pixel_values": pixels[None]}
+
+
+def _carried(spec: BenchmarkSpec, record: dict) -> dict:
+    """The question fields a prediction or failure line carries."""
+    keys = ("question_id", "image", *spec.reference_fields, spec.category_field or "category")
+    return {k: record[k] for k in dict.fromkeys(keys) if k in record}
+
+
+def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compression, generation, rank: int,
+              world_size: int) -> dict:
+    """What determines the predictions: a rerun into the same file must match it."""
+    template = get_template(spec.template)
+    return {
+        "model": getattr(model, "name_or_path", "") or "",
+        "model_class": type(model).__name__,
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
+        "compression": None if compression is None else compression.to_dict(),
+        "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
+        "benchmark": {k: v for k, v in spec.to_dict().items() if k != "description"},
+        "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
+                     "sep2": template.sep2},
+        "image_processing": {"size": model.config.vision_config.image_size, "pad_to_square": True},
+        "generation": generation_settings(generation),
+        "rank": rank,
+        "world_size": world_size,
+    }
+
+
+def run_benchmark(
+    model,
+    tokenizer,
+    spec: BenchmarkSpec,
+    data_path: str | os.PathLike,
+    image_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    compression: CompressionSpec | None | str = FROM_CONFIG,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Answer this rank's share of a benchmark; with one rank, score it too. Returns counts, paths and results."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    questions = read_questions(data_path, spec, limit)
+    paths = output_paths(out_dir, spec.name)
+    spec_used = resolve_compression(model, compression)
+    generation = generation_config(tokenizer, model.config, max_new_tokens or spec.max_new_tokens)
+    settings = _settings(model, tokenizer, spec, compression, spec_used, generation, rank, world_size)
+    run = {"data": os.path.abspath(data_path), "image_root": os.path.abspath(image_root), "limit": limit,
+           "batch_size": batch_size, "device": str(model.device), "dtype": str(model.dtype),
+           "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def failure(record: dict, err: BaseException) -> dict:
+        return {**_carried(spec, record), "path": os.path.join(image_root, record["image"]),
+                "reason": error_reason(err)}
+
+    model.eval()
+    summary = answer_questions(
+        questions[rank::world_size], shard_path(paths["predictions"], rank, world_size), settings, run,
+        lambda record: encode_question(tokenizer, model.config, spec, record, image_root),
+        lambda samples: generate_answers(model, tokenizer, samples, generation, spec_used),
+        lambda record, pred: {**_carried(spec, record), "pred": pred}, failure, batch_size,
+        desc=f"{spec.name} rank {rank}" if world_size > 1 else spec.name,
+    )
+    if world_size == 1:
+        summary["results"] = score_benchmark(spec, data_path, out_dir, limit)
+    return summary
+
+
+def merge_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    world_size: int, limit: int | None = None) -> dict:
+    """Merge the rank shards of a benchmark's predictions (every question id once), then score them."""
+    questions = read_questions(data_path, spec, limit)
+    out = output_paths(out_dir, spec.name)["predictions"]
+    shards = [shard_path(out, r, world_size) for r in range(world_size)]
+    summary = merge_shards(shards, questions, out, lambda record, pred: {**_carried(spec, record), "pred": pred},
+                           spec.reference_fields, data_path)
+    summary["results"] = score_benchmark(spec, data_path, out_dir, limit)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_answer(spec: BenchmarkSpec, record: dict, pred: str) -> dict:
+    """How one prediction scores: {"parsed", "score", "status", ["reason"]} (status "scored" or "unparsed")."""
+    answer = record[spec.answer_field]
+    if spec.answer_type == "short_answer":
+        score = vqa_accuracy(pred, answer) if spec.metric == "vqa_accuracy" else \
+            exact_match(pred, answer if isinstance(answer, str) else answer[0])
+        return {"parsed": normalize_answer(pred), "score": score, "status": "scored"}
+    if spec.answer_type == "yes_no":
+        parsed, reason = parse_yes_no(pred)
+        truth = answer.strip().lower()
+    else:
+        parsed, reason = extract_choice(pred, record["options"])
+        truth = answer
+    if parsed is None:
+        return {"parsed": None, "score": 0.0, "status": "unparsed", "reason": reason}
+    return {"parsed": parsed, "score": float(parsed == truth), "status": "scored"}
+
+
+def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    limit: int | None = None) -> dict:
+    """Score a benchmark's predictions file against its question file; writes the scores JSONL and results JSON."""
+    questions = read_questions(data_path, spec, limit)
+    paths = output_paths(out_dir, spec.name)
+    by_id = {str(q["question_id"]): q for q in questions}
+    preds = {}
+    for number, p in enumerate(read_jsonl(paths["predictions"]), 1):
+        key = str(p.get("question_id"))
+        if key not in by_id:
+            raise ValueError(f"{paths['predictions']}:{number}: question id {p.get('question_id')!r} is not in "
+                             f"{data_path}" + (f" (first {limit})" if limit else "") + ": another question file?")
+        if not isinstance(p.get("pred"), str):
+            raise ValueError(f"{paths['predictions']}:{number}: 'pred' must be a string, got {p.get('pred')!r}")
+        ref = by_id[key]
+        if any(k in p and p[k] != ref.get(k) for k in spec.reference_fields):
+            raise ValueError(f"{paths['predictions']}:{number}: question {p['question_id']!r} has another question "
+                             f"or reference than {data_path}: predictions of another question file?")
+        if key in preds:
+            raise ValueError(f"{paths['predictions']}:{number}: question id {p['question_id']!r} predicted twice")
+        preds[key] = p["pred"]
+    failures = read_failures(paths["predictions"], preds)
+
+    rows = []
+    for q in questions:
+        key = str(q["question_id"])
+        row = {"question_id": q["question_id"], "image": q["image"], "answer": q[spec.answer_field]}
+        if spec.answer_type == "yes_no":
+            row["answer"] = row["answer"].strip().lower()
+        if spec.category_field:
+            row["category"] = q[spec.category_field]
+        if key in preds:
+            row.update(pred=preds[key], **score_answer(spec, q, preds[key]))
+        else:
+            reason = failures[key].get("reason", "failed") if key in failures else "no prediction"
+            row.update(pred=None, parsed=None, score=0.0, status="missing", reason=reason)
+        rows.append(row)
+
+    metrics = summarize(spec.metric, rows, by_category=spec.category_field is not None)
+    counts = _counts(rows)
+    by_category = {c: {**m, **_counts([r for r in rows if r["category"] == c])}
+                   for c, m in metrics["by_category"].items()}
+    settings = _stored_settings(settings_path(paths["predictions"]))
+    results = {
+        "benchmark": spec.name,
+        "metric": spec.metric,
+        "spec": spec.to_dict(),
+        "data": os.path.abspath(data_path),
+        "limit": limit,
+        "predictions": paths["predictions"],
+        "scores": paths["scores"],
+        "counts": counts,
+        "overall": metrics["overall"],
+        "aggregate": metrics["aggregate"],
+        "by_category": by_category,
+        "settings": settings,
+        "note": "every question counts: missing, failed and unparsed answers score 0",
+        "unparsed": [{"question_id": r["question_id"], "pred": r["pred"], "reason": r["reason"]}
+                     for r in rows if r["status"] == "unparsed"],
+        "missing": [{"question_id": r["question_id"], "reason": r["reason"]} for r in rows if r["status"] == "missing"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_jsonl(paths["scores"], rows)
+    write_json(paths["results"], results)
+    return results
+
+
+def _counts(rows: Sequence[dict]) -> dict:
+    """Questions, answered (not missing), unparsed and missing rows."""
+    return {"questions": len(rows), "answered": sum(r["status"] != "missing" for r in rows),
+            "unparsed": sum(r["status"] == "unparsed" for r in rows),
+            "missing": sum(r["status"] == "missing" for r in rows)}
+
+
+def _stored_settings(path: str) -> dict | None:
+    """The `settings` of a predictions file's settings sidecar, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("settings")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The table
+
+_PERCENT = {"accuracy", "accuracy_plus", "precision", "recall", "f1", "yes_ratio"}
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    base = key.removesuffix("_mean_over_categories")
+    return f"{100 * value:.1f}%" if base in _PERCENT else f"{value:.1f}"
+
+
+def format_results(results: dict) -> str:
+    """The results as a plain-text table: counts and metrics overall and per category, then the aggregates."""
+    settings = results.get("settings") or {}
+    spec = settings.get("compression")
+    compression = "none" if spec is None else f"K={spec['layer']},S={spec['stride']}" + \
+        ("" if spec.get("method", "avgpool") == "avgpool" else f",{spec['method']}")
+    lines = [f"{results['benchmark']} ({results['metric']})  model: {settings.get('model') or '?'}  "
+             f"compression: {compression if settings else '?'}"]
+    metric_keys = list(results["overall"])
+    header = ["", *COUNT_KEYS, *metric_keys]
+    table = [[results["benchmark"], *(results["counts"][k] for k in COUNT_KEYS),
+              *(results["overall"][k] for k in metric_keys)]]
+    for category, m in results["by_category"].items():
+        table.append([f"  {category}", *(m[k] for k in COUNT_KEYS), *(m[k] for k in metric_keys)])
+    cells = [[row[0], *(_fmt(k, v) for k, v in zip(header[1:], row[1:]))] for row in table]
+    width = max(len(str(r[0])) for r in [header, *cells])
+    widths = [max(len(str(r[i])) for r in [header, *cells]) for i in range(1, len(header))]
+    for row in [header, *cells]:
+        lines.append(f"{row[0]:<{width}}" + "".join(f"  {str(v):>{w}}" for v, w in zip(row[1:], widths)))
+    for key, value in results["aggregate"].items():
+        lines.append(f"{key}: {_fmt(key, value)}")
+    if results["unparsed"]:
+        ids = ", ".join(str(u["question_id"]) for u in results["unparsed"][:5])
+        lines.append(f"unparsed: {len(results['unparsed'])} ({ids}{' ...' if len(results['unparsed']) > 5 else ''})")
+    if results["missing"]:
+        ids = ", ".join(str(u["question_id"]) for u in results["missing"][:5])
+        lines.append(f"missing: {len(results['missing'])} ({ids}{' ...' if len(results['missing']) > 5 else ''})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", required=True, help="benchmark spec YAML (configs/benchmarks/*.yaml)")
+    p.add_argument("--data", required=True, help="the benchmark's question JSONL")
+    p.add_argument("--out", required=True, help="output folder (files are named after the benchmark)")
+    p.add_argument("--limit", type=int, help="only the first N questions of the question file")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sub-commands: `score` (score existing predictions), `merge` (merge rank "
+                                       "shards, then score); see `python -m image_llavolta.evaluate score --help`")
+    _common(p)
+    p.add_argument("--image-root", required=True, help="folder the question file's image paths are relative to")
+    p.add_argument("--model", required=True, help="LLaVA checkpoint directory (Hugging Face layout)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    p.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
+                   help="none, from_config (the checkpoint's, default) or K,S for test-time compression")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, help="default: the spec's max_new_tokens")
+    p.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="auto: bfloat16 on a GPU, float32 on CPU")
+    return p
+
+
+def _score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate score",
+                                description="Score <out>/<benchmark>.predictions.jsonl against the question file.")
+    _common(p)
+    return p
+
+
+def _merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate merge",
+                                description="Merge the rank shards of a benchmark's predictions, then score them.")
+    _common(p)
+    p.add_argument("--world-size", type=int, required=True, help="how many ranks wrote shards")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate (this process's rank from RANK / WORLD_SIZE), `score` or `merge`; bad input exits with code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        if argv[:1] in (["score"], ["merge"]):
+            args = (_score_parser() if argv[0] == "score" else _merge_parser()).parse_args(argv[1:])
+            spec = load_spec(args.benchmark)
+            if argv[0] == "score":
+                results = score_benchmark(spec, args.data, args.out, args.limit)
+            else:
+                results = merge_benchmark(spec, args.data, args.out, args.world_size, args.limit)["results"]
+            print(format_results(results))
+            print(f"\nresults: {output_paths(args.out, spec.name)['results']}")
+            return 0
+        args = _run_parser().parse_args(argv)
+        spec = load_spec(args.benchmark)
+        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+
+        from transformers import AutoTokenizer
+
+        from .checkpoint import load_pretrained
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        model = load_pretrained(args.model, dtype=getattr(torch, dtype)).to(device)
+        summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
+                                args.max_new_tokens, args.compression, args.limit, rank, world_size)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "results" in summary:
+        print(format_results(summary["results"]))
+        print(f"\nresults: {output_paths(args.out, spec.name)['results']}")
+    else:
+        print(f"rank {rank} of {world_size}: {summary['predicted']} predicted, {summary['failed']} failed "
+              f"-> {summary['predictions']}")
+        if rank == 0:
+            print(f"when every rank has finished: python -m image_llavolta.evaluate merge --benchmark "
+                  f"{args.benchmark} --data {args.data} --out {args.out} --world-size {world_size}"
+                  + (f" --limit {args.limit}" if args.limit else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
