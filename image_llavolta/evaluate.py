@@ -42,13 +42,14 @@ from .compression.models import FROM_CONFIG
 from .configs import placeholder_tokens
 from .conversation import get_template, tokenize_prompt
 from .generation import (
+    add_model_arguments,
+    load_for_generation,
     answer_questions,
     error_reason,
     generate_answers,
     generation_config,
     generation_settings,
     merge_shards,
-    parse_compression,
     resolve_compression,
     shard_path,
 )
@@ -324,15 +325,9 @@ def _run_parser() -> argparse.ArgumentParser:
                                        "shards, then score); see `python -m image_llavolta.evaluate score --help`")
     _common(p)
     p.add_argument("--image-root", required=True, help="folder the question file's image paths are relative to")
-    p.add_argument("--model", required=True, help="LLaVA checkpoint directory (Hugging Face layout)")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
-    p.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
-                   help="none, from_config (the checkpoint's, default) or K,S for test-time compression")
+    add_model_arguments(p, "LLaVA")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, help="default: the spec's max_new_tokens")
-    p.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
-    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                   help="auto: bfloat16 on a GPU, float32 on CPU")
     return p
 
 
@@ -369,15 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = _run_parser().parse_args(argv)
         spec = load_spec(args.benchmark)
-        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-
-        from transformers import AutoTokenizer
-
         from .checkpoint import load_pretrained
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        model = load_pretrained(args.model, dtype=getattr(torch, dtype)).to(device)
+        model, tokenizer = load_for_generation(args, load_pretrained)
         summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
                                 args.max_new_tokens, args.compression, args.limit, rank, world_size)
     except (OSError, ValueError) as err:

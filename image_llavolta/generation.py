@@ -329,3 +329,31 @@ def merge_shards(
         "failed_question_ids": [f["question_id"] for f in merged_failures],
     })
     return {"predictions": os.fspath(out_path), "failures": failures_path(out_path), **counts}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command lines
+
+
+def add_model_arguments(parser, what: str, compression: bool = True) -> None:
+    """The options every answering command shares: --model, --tokenizer, --device, --dtype (and --compression)."""
+    parser.add_argument("--model", required=True, help=f"{what} checkpoint directory (Hugging Face layout)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    if compression:
+        parser.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
+                            help="none, from_config (the checkpoint's, default) or K,S[,method] for test-time "
+                                 "compression")
+    parser.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                        help="auto: bfloat16 on a GPU, float32 on CPU")
+
+
+def load_for_generation(args, load_pretrained: Callable, **load_kwargs):
+    """(model, tokenizer) from parsed `add_model_arguments` options, with the checkpoint loader of the modality."""
+    from transformers import AutoTokenizer
+
+    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    model = load_pretrained(args.model, dtype=getattr(torch, dtype), **load_kwargs).to(device)
+    return model, tokenizer

@@ -36,8 +36,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-import torch
 
+from image_llavolta.generation import add_model_arguments, load_for_generation
 from image_llavolta.jsonio import write_jsonl
 from image_llavolta.compression import CompressionSpec
 from image_llavolta.conversation import VICUNA_V1, Template
@@ -236,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The probe's command-line arguments."""
     p = argparse.ArgumentParser(prog="python -m video_llavolta.probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="Video-LLaVA checkpoint directory (Hugging Face layout)")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    add_model_arguments(p, "Video-LLaVA", compression=False)
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
     p.add_argument("--video-root", required=True, help="folder the QA file's video paths are relative to")
     p.add_argument("--frames-root", help="extract-frames output: frame directories are used when present")
@@ -254,9 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--lines-per", choices=("layer", "stride"), default="layer",
                    help="sweep.png: one line per layer K (points are strides) or per stride S")
-    p.add_argument("--device", help="default: cuda when a GPU is present, else cpu")
-    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                   help="auto: bfloat16 on a GPU, float32 on CPU")
     g = p.add_argument_group("openai judge")
     g.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"default: {DEFAULT_JUDGE_MODEL}")
     g.add_argument("--base-url", help="OpenAI-compatible server (default: OpenAI)")
@@ -268,20 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the probe from the command line: exit code 1 when a sweep point failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     try:
         if args.judge == "openai":
             judge = OpenAIJudge(args.judge_model, args.base_url, args.api_key_env,
                                 cache_path=os.path.join(args.out, "judge_cache.jsonl"))
         else:
             judge = OfflineJudge("normalized")
-        from transformers import AutoTokenizer
-
         from .checkpoint import load_pretrained
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        model = load_pretrained(args.model, compression=None, dtype=getattr(torch, dtype)).to(device)
+        model, tokenizer = load_for_generation(args, load_pretrained, compression=None)
         result = run_probe(model, tokenizer, args.qa, args.out, args.video_root, args.layers, args.strides, judge,
                            frames_root=args.frames_root, limit=args.limit, attention_samples=args.attention_samples,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, method=args.method,

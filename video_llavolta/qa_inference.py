@@ -42,11 +42,13 @@ from image_llavolta.compression import CompressionSpec
 from image_llavolta.compression.models import FROM_CONFIG
 from image_llavolta.conversation import VICUNA_V1, Template
 from image_llavolta.generation import (  # the shared loop; re-exported here for the video harness's callers
+    add_model_arguments,
     answer_questions,
     error_reason,
     generate_answers,
     generation_config,
     generation_settings,
+    load_for_generation,
     merge_shards,
     parse_compression,
     resolve_compression,
@@ -169,19 +171,13 @@ def _run_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Merge the shards of a multi-rank run: python -m video_llavolta.qa_inference "
                                        "merge --help")
-    p.add_argument("--model", required=True, help="Video-LLaVA checkpoint directory (Hugging Face layout)")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    add_model_arguments(p, "Video-LLaVA")
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
     p.add_argument("--video-root", required=True, help="folder the QA file's video paths are relative to")
     p.add_argument("--frames-root", help="extract-frames output: frame directories are used when present")
     p.add_argument("--out", required=True, help="predictions JSONL (one shard per rank under torchrun)")
-    p.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
-                   help="none, from_config (the checkpoint's, default) or K,S for test-time compression")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
-    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                   help="auto: bfloat16 on a GPU, float32 on CPU")
     return p
 
 
@@ -215,15 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = _run_parser().parse_args(argv)
         rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-
-        from transformers import AutoTokenizer
-
         from .checkpoint import load_pretrained
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        model = load_pretrained(args.model, dtype=getattr(torch, dtype)).to(device)
+        model, tokenizer = load_for_generation(args, load_pretrained)
         summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
                                 args.batch_size, args.max_new_tokens, args.compression, rank=rank,
                                 world_size=world_size)
