@@ -27,10 +27,12 @@ def tiny_text_config(layers: int = 4, hidden: int = 64, vocab_size: int = 128, *
     return LlamaConfig(**{**cfg, **overrides})
 
 
-def tiny_vision_config(image_size: int = 28, patch_size: int = 7, hidden: int = 32, layers: int = 2) -> CLIPVisionConfig:
+def tiny_vision_config(image_size: int = 28, patch_size: int = 7, hidden: int = 32, layers: int = 2,
+                       heads: int = 2) -> CLIPVisionConfig:
     """A small CLIP vision tower: (image_size / patch_size)² patches."""
     return CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                            num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                            projection_dim=hidden)
 
 
 def llava15_config() -> LlavaConfig:
@@ -42,14 +44,16 @@ def llava15_config() -> LlavaConfig:
 
 
 def tiny_llava_config(layers: int = 4, vocab_size: int = 128, image_size: int = 28, patch_size: int = 7,
-                      hidden: int = 64, image_token_index: int | None = None) -> LlavaConfig:
-    """A tiny LLaVA; the <image> placeholder id is `image_token_index` (default: the last vocabulary id)."""
+                      hidden: int = 64, image_token_index: int | None = None, vision: dict | None = None) -> LlavaConfig:
+    """A tiny LLaVA; the <image> placeholder id is `image_token_index` (default: the last vocabulary id).
+
+    `vision` sizes the tower: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2).
+    """
     if image_token_index is None:
         image_token_index = vocab_size - 1
     if not 0 <= image_token_index < vocab_size:
         raise ValueError(f"image_token_index {image_token_index} is outside the vocabulary (size {vocab_size})")
-    vision = tiny_vision_config(image_size, patch_size)
-    cfg = LlavaConfig(vision_config=vision, text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
+    cfg = LlavaConfig(vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})), text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
                       image_token_index=image_token_index, projector_hidden_act="gelu")
     cfg.image_seq_length = image_tokens(cfg)
     return cfg

@@ -103,6 +103,16 @@ def test_tiny_config_takes_the_placeholder_id():
         tiny_llava_config(vocab_size=50, image_token_index=50)
 
 
+def test_tiny_configs_size_the_vision_tower():
+    from video_llavolta.configs import tiny_video_llava_config
+
+    for cfg in (tiny_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4}),
+                tiny_video_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4})):
+        v = cfg.vision_config
+        assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size) == (48, 3, 4, 96)
+    assert tiny_llava_config().vision_config.hidden_size == 32  # the default tower is unchanged
+
+
 def test_video_record_is_an_error_at_load(tmp_path):
     records = [{"id": "i1", "image": "a.png", "conversations": turns("<image>\nwhat ?", "red .")},
                {"id": "v1", "video": "a.mp4", "conversations": turns("<video>\nwhat ?", "red .")}]
