@@ -439,13 +439,14 @@ def format_table(report: dict) -> str:
     lines = [f"{m['class']}: N={m['num_layers']} layers, hidden {m['hidden_size']}, {m['dtype']} on {m['device']}; "
              f"batch {inp['batch']} × {inp['sequence_length']} tokens, visual per sample {inp['visual_tokens_per_sample']}"]
     profiled = "flops_profiler" in rows[0]
-    head = f"{'setting':<11} {'vis in':>7} {'vis out':>7} {'#Tokens':>8} {'CR':>6} {unit + ' (an.)':>14}"
+    w = max(11, *(len(r["setting"]) for r in rows))
+    head = f"{'setting':<{w}} {'vis in':>7} {'vis out':>7} {'#Tokens':>8} {'CR':>6} {unit + ' (an.)':>14}"
     if profiled:
         head += f" {unit + ' (DS)':>14} {'Δ':>7} {'Δ 2·MAC':>8}"
     head += f" {'TTFT ms':>8} {'dec tok/s':>9} {'peak MB':>8}"
     lines += [head, "-" * len(head)]
     for r in rows:
-        line = (f"{r['setting']:<11} {r['visual_tokens_in']:>7} {r['visual_tokens_out']:>7} "
+        line = (f"{r['setting']:<{w}} {r['visual_tokens_in']:>7} {r['visual_tokens_out']:>7} "
                 f"{r['tokens_over_layers']:>8} {100 * r['compression_ratio']:>5.0f}% "
                 f"{r['flops_analytic']['total'] / scale:>14.4g}")
         if profiled:
