@@ -48,7 +48,7 @@ from .generation import (
     error_reason,
     generate_answers,
     generation_config,
-    generation_settings,
+    run_settings,
     merge_shards,
     resolve_compression,
     shard_path,
@@ -86,21 +86,9 @@ def _carried(spec: BenchmarkSpec, record: dict) -> dict:
 def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compression, generation, rank: int,
               world_size: int) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
-    template = get_template(spec.template)
-    return {
-        "model": getattr(model, "name_or_path", "") or "",
-        "model_class": type(model).__name__,
-        "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
-        "compression": None if compression is None else compression.to_dict(),
-        "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
-        "benchmark": {k: v for k, v in spec.to_dict().items() if k != "description"},
-        "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
-                     "sep2": template.sep2},
-        "image_processing": {"size": model.config.vision_config.image_size, "pad_to_square": True},
-        "generation": generation_settings(generation),
-        "rank": rank,
-        "world_size": world_size,
-    }
+    return run_settings(model, tokenizer, compression_arg, compression, get_template(spec.template), generation, rank,
+                        world_size, benchmark={k: v for k, v in spec.to_dict().items() if k != "description"},
+                        image_processing={"size": model.config.vision_config.image_size, "pad_to_square": True})
 
 
 def run_benchmark(

@@ -111,6 +111,24 @@ def generation_settings(generation: GenerationConfig) -> dict:
             "pad_token_id": generation.pad_token_id, "suppress_tokens": generation.suppress_tokens}
 
 
+def run_settings(model, tokenizer, compression_arg, compression: CompressionSpec | None, template,
+                 generation: GenerationConfig, rank: int, world_size: int, **specific) -> dict:
+    """What determines a harness's predictions (a rerun into the same file must match it), plus its own fields."""
+    return {
+        "model": getattr(model, "name_or_path", "") or "",
+        "model_class": type(model).__name__,
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
+        "compression": None if compression is None else compression.to_dict(),
+        "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
+        **specific,
+        "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
+                     "sep2": template.sep2},
+        "generation": generation_settings(generation),
+        "rank": rank,
+        "world_size": world_size,
+    }
+
+
 @torch.inference_mode()
 def generate_answers(model, tokenizer, samples: Sequence[dict], generation: GenerationConfig,
                      compression: CompressionSpec | None) -> list[str]:

@@ -47,7 +47,7 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
     error_reason,
     generate_answers,
     generation_config,
-    generation_settings,
+    run_settings,
     load_for_generation,
     merge_shards,
     parse_compression,
@@ -86,20 +86,8 @@ def read_qa(path: str | os.PathLike) -> list[dict]:
 def _settings(model, tokenizer, compression_arg, spec, template: Template, generation,
               rank: int, world_size: int) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
-    return {
-        "model": getattr(model, "name_or_path", "") or "",
-        "model_class": type(model).__name__,
-        "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
-        "compression": None if spec is None else spec.to_dict(),
-        "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
-        "num_frames": num_frames(model.config),
-        "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
-                     "sep2": template.sep2},
-        "prompt": "<video>\\n{question}",
-        "generation": generation_settings(generation),
-        "rank": rank,
-        "world_size": world_size,
-    }
+    return run_settings(model, tokenizer, compression_arg, spec, template, generation, rank, world_size,
+                        num_frames=num_frames(model.config), prompt="<video>\\n{question}")
 
 
 def _prediction(record: dict, pred: str) -> dict:
