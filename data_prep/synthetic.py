@@ -18,9 +18,10 @@ Questions (answers are single lowercase words, for an exact-match judge):
 Output folder::
 
     videos/<split>_<index:05d>.mp4   mpeg4 (default) or libx264, yuv420p
-    train.json       Video-LLaVA instruction format: one sample per training video whose
-                     conversation asks every applicable question in turn (the first human turn
-                     starts with "<video>\\n")
+    train.json       Video-LLaVA instruction format: one single-turn sample per question of each
+                     training video, id "<video_id>_<type>" (one conversation asking them all in
+                     turn would leak answers: "What shape is the red object?" tells a later
+                     "What colour is the circle?" its answer, and a model learns to copy it)
     test_qa.jsonl    convert-qa's unified format plus "type": one line per question per test video
     metadata.jsonl   the ground truth of every video (train and test)
     dataset.json     seed, sizes, counts and question types
@@ -299,7 +300,7 @@ def make_synthetic(
     train = [m for m in ok if m["split"] == "train"]
     test = [m for m in ok if m["split"] == "test"]
 
-    train_samples = [_train_sample(m, seed) for m in train]
+    train_samples = [s for m in train for s in _train_samples(m, seed)]
     test_qa = [
         {"question_id": f"{m['video_id']}_{q['type']}", "video": m["video"],
          "question": q["question"], "answer": q["answer"], "type": q["type"]}
@@ -310,7 +311,6 @@ def make_synthetic(
         "train_videos": len(train),
         "test_videos": len(test),
         "train_samples": len(train_samples),
-        "train_qa_turns": sum(len(s["conversations"]) // 2 for s in train_samples),
         "test_questions": len(test_qa),
         "test_questions_by_type": dict(sorted(Counter(q["type"] for q in test_qa).items())),
     }
@@ -344,13 +344,12 @@ def _prepare_videos_dir(videos_dir: str, params: dict, overwrite: bool) -> None:
     write_json(marker, params)
 
 
-def _train_sample(meta: dict, seed: int) -> dict:
-    """One Video-LLaVA instruction sample: every question of the video as consecutive turns."""
-    conversations = []
-    for i, q in enumerate(make_questions(meta, seed)):
-        conversations.append({"from": "human", "value": ("<video>\n" if i == 0 else "") + q["question"]})
-        conversations.append({"from": "gpt", "value": q["answer"]})
-    return {"id": meta["video_id"], "video": meta["video"], "conversations": conversations}
+def _train_samples(meta: dict, seed: int) -> list[dict]:
+    """The video's Video-LLaVA instruction samples: one single-turn sample per question."""
+    return [{"id": f"{meta['video_id']}_{q['type']}", "video": meta["video"],
+             "conversations": [{"from": "human", "value": "<video>\n" + q["question"]},
+                               {"from": "gpt", "value": q["answer"]}]}
+            for q in make_questions(meta, seed)]
 
 
 def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: dict) -> dict:
@@ -385,7 +384,7 @@ def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: 
         },
         "files": {
             "videos": "videos/<split>_<index>.mp4 (paths in the JSON files are relative to videos/)",
-            "train.json": "Video-LLaVA instruction format, one multi-turn sample per training video",
+            "train.json": "Video-LLaVA instruction format, one single-turn sample per question of each training video",
             "test_qa.jsonl": "unified QA format (question_id, video, question, answer) plus type",
             "metadata.jsonl": "ground truth per video: size, frames, background, objects with paths",
             "failures.jsonl": "videos that could not be written",

@@ -108,7 +108,7 @@ def test_sizes_honour_the_flags(data):
     assert sorted(os.listdir(data / "videos")) == sorted([".generator.json"] + [m["video"] for m in metas])
     train_videos = {s["video"] for s in train}
     test_videos = {q["video"] for q in test_qa}
-    assert len(train) == len(train_videos) == NUM_TRAIN and len(test_videos) == NUM_TEST
+    assert len(train_videos) == NUM_TRAIN and len(test_videos) == NUM_TEST
     assert not train_videos & test_videos  # disjoint splits: no shared file ...
     content = {m["split"]: set() for m in metas}
     for m in metas:  # ... and no test video that is a training video under another name
@@ -126,6 +126,25 @@ def test_sizes_honour_the_flags(data):
         assert 1 <= len(meta["objects"]) <= 3 and meta["count"] == len(meta["objects"])
         frames = decode_all(data / "videos" / meta["video"])
         assert frames.shape == (meta["num_frames"], meta["height"], meta["width"], 3)
+
+
+def test_training_samples_are_single_turn_one_per_question(data):
+    """A multi-turn sample would leak: "What shape is the red object?" answers a later "What colour is the circle?"."""
+    metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl") if m["split"] == "train"}
+    seen: dict[str, set] = {video: set() for video in metas}
+    for sample in read_json(data / "train.json"):
+        human, gpt = sample["conversations"]  # exactly one question and its answer
+        question = human["value"].removeprefix("<video>\n")
+        assert human["value"] == "<video>\n" + question and "<video>" not in question
+        video_id, qtype = sample["id"].rsplit("_", 1)
+        assert video_id == metas[sample["video"]]["video_id"]
+        seen[sample["video"]].add((qtype, question, gpt["value"]))
+    for video, meta in metas.items():  # every applicable question once, and nothing else
+        shapes = [o["shape"] for o in meta["objects"]]
+        types = {"count", "shape", "direction"} | ({"colour"} if any(shapes.count(s) == 1 for s in shapes) else set())
+        assert {t for t, _, _ in seen[video]} == types and len(seen[video]) == len(types)
+        for _, question, answer in seen[video]:
+            assert expected_answer(question, meta)[0] == answer
 
 
 def test_test_questions_cover_the_types(data):
@@ -180,7 +199,7 @@ def test_answers_match_the_pixels(data):
 
 def test_validate_accepts_train_json(data):
     result = validate_file(data / "train.json", video_root=str(data / "videos"), progress=False)
-    assert result.num_records == NUM_TRAIN and result.bad == []
+    assert result.num_records == len(read_json(data / "train.json")) and result.bad == []
     assert main(["validate", str(data / "train.json"), "--video-root", str(data / "videos")]) == 0
 
 

@@ -19,15 +19,17 @@ SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction":
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", str(root), "--num-train", "24",
+    subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", str(root), "--num-train", "8",
                     "--num-test", "2", "--seed", "3"], check=True, capture_output=True)
+    records = json.loads((root / "train.json").read_text())  # one sample per question: 3-4 per video
+    (root / "train24.json").write_text(json.dumps(records[:24]))
     return root
 
 
 def run_config(root, out, *overrides):
     return load_config(None, [
         f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
-        f"data.train=[{root / 'train.json'}]", f"data.video_root={root / 'videos'}", "data.max_length=512",
+        f"data.train=[{root / 'train24.json'}]", f"data.video_root={root / 'videos'}", "data.max_length=512",
         "optim.per_device_batch_size=4", "optim.lr=1e-3", f"scheme={json.dumps(SCHEME)}", "logging_steps=100",
         *overrides,
     ])
@@ -87,7 +89,7 @@ def test_resume_continues_in_the_right_stage(synthetic, tmp_path):
 
 
 def test_failed_samples_are_logged_counted_and_limited(synthetic, tmp_path):
-    records = json.loads((synthetic / "train.json").read_text())
+    records = json.loads((synthetic / "train24.json").read_text())
     (tmp_path / "broken.mp4").write_bytes(os.urandom(2048))
     records[5]["video"] = str(tmp_path / "broken.mp4")
     bad = tmp_path / "train_bad.json"
@@ -117,7 +119,7 @@ def test_zero2_step_through_the_deepspeed_engine(synthetic, tmp_path):
     out = tmp_path / "ds"
     overrides = [
         f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
-        f"data.train=[{synthetic / 'train.json'}]", f"data.video_root={synthetic / 'videos'}", "data.max_length=512",
+        f"data.train=[{synthetic / 'train24.json'}]", f"data.video_root={synthetic / 'videos'}", "data.max_length=512",
         "optim.per_device_batch_size=4", f"scheme={json.dumps(SCHEME)}", "optim.max_steps=2",
         f"deepspeed={root}/configs/deepspeed/zero2.json",
     ]
