@@ -200,6 +200,33 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, size: int) -> np.ndar
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def patch_labels(meta: dict, frame_indices: list[int], grid: int, min_cover: float = 0.2) -> dict[str, np.ndarray]:
+    """Per sampled frame and patch of a grid x grid split, the covering object's colour and shape ids (0: none).
+
+    Returns {"colour", "shape"}: (T, grid * grid) int64 arrays, patches row-major as a ViT orders them; colour ids
+    index COLOURS + 1 and shape ids SHAPES + 1. A patch belongs to the object that covers most of it, if that
+    object covers at least `min_cover` of it. Frames are square, so Video-LLaVA's resize never crops them.
+    """
+    h, w = meta["height"], meta["width"]
+    if h != w:
+        raise ValueError(f"{meta['video_id']}: patch labels need square frames, got {w}x{h}")
+    ys, xs = np.mgrid[0:h, 0:w]
+    edges = [(i * h) // grid for i in range(grid)], [-(-(i + 1) * h // grid) for i in range(grid)]
+    colour = np.zeros((len(frame_indices), grid * grid), np.int64)
+    shape = np.zeros_like(colour)
+    for k, t in enumerate(frame_indices):
+        best = np.zeros(grid * grid)
+        for obj in meta["objects"]:
+            x, y = position(obj, t, meta["num_frames"])
+            mask = shape_mask(obj["shape"], xs - x, ys - y, obj["size"])
+            cover = np.array([mask[r0:r1, c0:c1].mean() for r0, r1 in zip(*edges) for c0, c1 in zip(*edges)])
+            take = (cover > best) & (cover >= min_cover)
+            best[take] = cover[take]
+            colour[k, take] = list(COLOURS).index(obj["colour"]) + 1
+            shape[k, take] = SHAPES.index(obj["shape"]) + 1
+    return {"colour": colour, "shape": shape}
+
+
 def encode(path: str, frames: np.ndarray, fps: int, codec: str) -> None:
     """Encode RGB frames to an .mp4 (yuv420p) atomically: a temp file in the same folder, then rename."""
     import av  # imported here: only the workers that encode need it

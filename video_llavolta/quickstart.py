@@ -2,9 +2,10 @@
 
     python -m video_llavolta.quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
 
-Everything runs on CPU with a tiny Video-LLaVA-style model trained from scratch. Answers are judged offline
-(normalised string match) unless `--judge openai` points at an OpenAI-compatible endpoint; offline numbers are
-not comparable with GPT-judged ones.
+Everything runs on CPU with a tiny Video-LLaVA-style model. Its video tower is first pretrained for about a minute
+(`tower_pretrain`: a stand-in for LanguageBind's pretraining) and then frozen, as in Video-LLaVA; both schemes start
+from that same checkpoint. Answers are judged offline (normalised string match) unless `--judge openai` points at an
+OpenAI-compatible endpoint; offline numbers are not comparable with GPT-judged ones.
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 
 from data_prep.extract import extract_frames
 from data_prep.synthetic import make_synthetic
+from image_llavolta.jsonio import read_json, write_json
+from image_llavolta.train import tokenizer_for_run
 from image_llavolta.train_config import load_config
 
-from .train import train
+from .tower_pretrain import TowerPretrainConfig, load_patch_targets, pretrain_video_tower
+from .train import model_for_run, train
 
 SCHEMES = ("single", "four_wider_then_deeper")
 
@@ -29,8 +34,27 @@ def prepare_data(root: str, num_train: int, num_test: int, seed: int, workers: i
     extract_frames(os.path.join(root, "synthetic", "videos"), os.path.join(root, "frames"), num_frames=8,
                    fmt="npy", workers=workers)
     return {"train": os.path.join(root, "synthetic", "train.json"),
+            "metadata": os.path.join(root, "synthetic", "metadata.jsonl"),
             "test": os.path.join(root, "synthetic", "test_qa.jsonl"),
             "videos": os.path.join(root, "synthetic", "videos"), "frames": os.path.join(root, "frames")}
+
+
+def prepare_encoder(config, data: dict, out_dir: str, settings: TowerPretrainConfig) -> dict:
+    """The schemes' starting checkpoint: the tiny model with its video tower pretrained; reused if already made."""
+    report_path = os.path.join(out_dir, "tower_pretrain.json")
+    made_from = {"model": config.model.tiny, "seed": config.seed, "train": os.path.abspath(data["train"]),
+                 "settings": asdict(settings)}
+    if os.path.exists(report_path) and read_json(report_path).get("made_from") == made_from:
+        print(f"tower pretraining: reusing {out_dir}")
+        return read_json(report_path)
+    tokenizer = tokenizer_for_run(config)
+    model = model_for_run(config, tokenizer)
+    pixels, labels = load_patch_targets(data["metadata"], data["frames"], model.config, min_cover=settings.min_cover)
+    report = {"made_from": made_from, **pretrain_video_tower(model, pixels, labels, settings)}
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    write_json(report_path, report)  # last: its presence means the checkpoint is complete
+    return report
 
 
 def evaluate(run_dir: str, data: dict, judge: str, batch_size: int) -> dict:
@@ -82,17 +106,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--judge", choices=["offline", "openai"], default="offline")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    defaults = TowerPretrainConfig()
+    parser.add_argument("--tower-steps", type=int, default=defaults.steps, help="video-tower pretraining steps")
+    parser.add_argument("--tower-batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. optim.epochs=2")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     data = prepare_data(args.data, args.num_train, args.num_test, args.seed, args.workers)
+    data_overrides = [f"data.train=[{data['train']}]", f"data.video_root={data['videos']}",
+                      f"data.frames_root={data['frames']}"]
+    encoder_dir = os.path.join(args.out, "encoder")
+    settings = TowerPretrainConfig(steps=args.tower_steps, batch_size=args.tower_batch_size, seed=args.seed)
+    encoder = prepare_encoder(load_config(args.config, [f"output_dir={encoder_dir}", *data_overrides, *args.overrides]),
+                              data, encoder_dir, settings)
     rows = []
     for scheme in args.schemes:
         run_dir = os.path.join(args.out, scheme)
         config = load_config(args.config, [
-            f"output_dir={run_dir}", f"scheme={scheme}", f"data.train=[{data['train']}]",
-            f"data.video_root={data['videos']}", f"data.frames_root={data['frames']}", *args.overrides,
+            f"output_dir={run_dir}", f"scheme={scheme}", *data_overrides, *args.overrides,
+            f"model.path={encoder_dir}", "model.tiny=null", "model.train_vision_towers=false",
         ])
         report = train(config)
         results = evaluate(run_dir, data, args.judge, config.optim.per_device_batch_size)
@@ -102,13 +135,15 @@ def main(argv: list[str] | None = None) -> None:
             "train_seconds": report["train_seconds"], "average_compression_ratio": report["average_compression_ratio"],
             "judge": results.get("judge"),
         })
-    summary = {"rows": rows, "total_seconds": round(time.perf_counter() - started, 1), "judge": args.judge}
+    summary = {"rows": rows, "tower_pretrain_seconds": encoder["seconds"],
+               "total_seconds": round(time.perf_counter() - started, 1), "judge": args.judge}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print()
     print_summary(rows)
-    print(f"total {summary['total_seconds']:.0f} s; details in {args.out}/summary.json")
+    print(f"video-tower pretraining (shared by both) {encoder['seconds']:.0f} s; total {summary['total_seconds']:.0f} s; "
+          f"details in {args.out}/summary.json")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""A stand-in for a pretrained video encoder: the quickstart's tiny tower, trained on which object covers each patch.
+
+Video-LLaVA starts from LanguageBind's video encoder, pretrained on millions of clips, and keeps it frozen. A tiny
+random CLIP tower trained only through the language model's answer loss does not learn to see shapes in the
+quickstart's few minutes: answers stay at chance. So the quickstart first trains its tower for about a minute with
+a dense objective on the synthetic training split (per patch: the colour and shape of the object covering it, or
+background; `data_prep.synthetic.patch_labels`), then freezes it and trains projector + LLM as Video-LLaVA does.
+The heads used here are thrown away; only the tower's weights are kept.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data_prep.synthetic import COLOURS, SHAPES, patch_labels
+from image_llavolta.jsonio import read_jsonl
+
+from .frames import read_frames
+from .modeling import num_frames
+from .processing import process_frames
+
+TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per target, background included
+
+
+@dataclass
+class TowerPretrainConfig:
+    """How long and how hard the tower trains."""
+
+    steps: int = 800
+    batch_size: int = 16  # videos per step (each num_frames frames)
+    lr: float = 2e-3
+    min_cover: float = 0.2  # share of a patch an object must cover to label it
+    seed: int = 0
+
+    def validate(self) -> "TowerPretrainConfig":
+        """Check the settings; returns self."""
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.min_cover <= 1:
+            raise ValueError(f"tower pretraining: steps and batch_size >= 1, lr > 0, 0 < min_cover <= 1; got {self}")
+        return self
+
+
+def load_patch_targets(metadata: str, frames_root: str, config, split: str = "train", min_cover: float = 0.2):
+    """(pixels (N, T, 3, H, W), {target: (N, T, patches) ids}) for a synthetic split's pre-extracted frames."""
+    vision = config.vision_config
+    grid, frames_per_video = vision.image_size // vision.patch_size, num_frames(config)
+    pixels, labels = [], {name: [] for name in TARGETS}
+    for meta in read_jsonl(metadata):
+        if meta["split"] != split:
+            continue
+        sampled = read_frames(os.path.join(frames_root, meta["video_id"]), num_frames=frames_per_video)
+        pixels.append(process_frames(sampled.frames, size=vision.image_size))
+        for name, ids in patch_labels(meta, sampled.indices, grid, min_cover).items():
+            labels[name].append(torch.from_numpy(ids))
+    if not pixels:
+        raise ValueError(f"{metadata}: no {split!r} videos to pretrain the tower on")
+    return torch.stack(pixels), {name: torch.stack(ids) for name, ids in labels.items()}
+
+
+def patch_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The video tower's patch features (CLS dropped) at the layer the projector reads: (N·T, patches, hidden)."""
+    out = model.model.video_tower(pixels.flatten(0, 1), output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: TowerPretrainConfig,
+                         progress: bool = True) -> dict:
+    """Train the model's video tower in place on per-patch labels; returns a report (the image tower is untouched)."""
+    config.validate()
+    generator = torch.Generator().manual_seed(config.seed)
+    hidden = model.config.vision_config.hidden_size
+    torch.manual_seed(config.seed)
+    heads = nn.ModuleDict({name: nn.Linear(hidden, classes) for name, classes in TARGETS.items()})
+    tower = model.model.video_tower
+    params = [*tower.parameters(), *heads.parameters()]
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
+    tower.train()
+    started, losses = time.perf_counter(), []
+    for _ in tqdm(range(config.steps), desc="tower pretraining", unit="step", disable=not progress):
+        batch = torch.randint(0, len(pixels), (config.batch_size,), generator=generator)
+        features = patch_features(model, pixels[batch])
+        loss = sum(F.cross_entropy(heads[name](features).flatten(0, 1), labels[name][batch].flatten())
+                   for name in TARGETS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    tower.eval()
+    with torch.no_grad():  # on object patches of the first few training videos: did it learn, not how it generalises
+        sample = torch.arange(min(len(pixels), 4 * config.batch_size))
+        features = patch_features(model, pixels[sample])
+        on_object = labels["colour"][sample].flatten(0, 1) > 0
+        accuracy = {name: (heads[name](features).argmax(-1) == labels[name][sample].flatten(0, 1))[on_object]
+                    .float().mean().item() for name in TARGETS}
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"settings": asdict(config), "seconds": round(time.perf_counter() - started, 1),
+            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
+            "train_object_patch_accuracy": {k: round(v, 4) for k, v in accuracy.items()}}
