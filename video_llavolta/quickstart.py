@@ -44,9 +44,10 @@ def prepare_encoder(config, data: dict, out_dir: str, settings: TowerPretrainCon
     report_path = os.path.join(out_dir, "tower_pretrain.json")
     made_from = {"model": config.model.tiny, "seed": config.seed, "train": os.path.abspath(data["train"]),
                  "settings": asdict(settings)}
-    if os.path.exists(report_path) and read_json(report_path).get("made_from") == made_from:
+    previous = read_json(report_path) if os.path.exists(report_path) else {}
+    if previous.get("made_from") == made_from:
         print(f"tower pretraining: reusing {out_dir}")
-        return read_json(report_path)
+        return previous
     tokenizer = tokenizer_for_run(config)
     model = model_for_run(config, tokenizer)
     pixels, labels = load_patch_targets(data["metadata"], data["frames"], model.config, min_cover=settings.min_cover)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data_prep.synthetic import COLOURS, SHAPES, patch_labels
 from image_llavolta.jsonio import read_jsonl
 
-from .frames import read_frames
+from .frames import frame_dir_name, read_frames
 from .modeling import num_frames
 from .processing import process_frames
 
@@ -53,7 +53,7 @@ def load_patch_targets(metadata: str, frames_root: str, config, split: str = "tr
     for meta in read_jsonl(metadata):
         if meta["split"] != split:
             continue
-        sampled = read_frames(os.path.join(frames_root, meta["video_id"]), num_frames=frames_per_video)
+        sampled = read_frames(os.path.join(frames_root, frame_dir_name(meta["video"])), num_frames=frames_per_video)
         pixels.append(process_frames(sampled.frames, size=vision.image_size))
         for name, ids in patch_labels(meta, sampled.indices, grid, min_cover).items():
             labels[name].append(torch.from_numpy(ids))
@@ -74,8 +74,9 @@ def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: Towe
     config.validate()
     generator = torch.Generator().manual_seed(config.seed)
     hidden = model.config.vision_config.hidden_size
-    torch.manual_seed(config.seed)
-    heads = nn.ModuleDict({name: nn.Linear(hidden, classes) for name, classes in TARGETS.items()})
+    with torch.random.fork_rng():  # seeded heads without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        heads = nn.ModuleDict({name: nn.Linear(hidden, classes) for name, classes in TARGETS.items()})
     tower = model.model.video_tower
     params = [*tower.parameters(), *heads.parameters()]
     for p in tower.parameters():
