@@ -90,7 +90,7 @@ def test_pretraining_learns_and_touches_only_the_video_tower(synthetic):
     pixels, labels = load_patch_targets(str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"),
                                         model.config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = pretrain_video_tower(model, pixels, labels, TowerPretrainConfig(steps=200, batch_size=4, lr=3e-3),
+    report = pretrain_video_tower(model, pixels, labels, TowerPretrainConfig(steps=200, batch_size=32, lr=3e-3),
                                   progress=False)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
