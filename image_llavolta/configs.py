@@ -44,16 +44,19 @@ def llava15_config() -> LlavaConfig:
 
 
 def tiny_llava_config(layers: int = 4, vocab_size: int = 128, image_size: int = 28, patch_size: int = 7,
-                      hidden: int = 64, image_token_index: int | None = None, vision: dict | None = None) -> LlavaConfig:
+                      hidden: int = 64, image_token_index: int | None = None, vision: dict | None = None,
+                      text: dict | None = None) -> LlavaConfig:
     """A tiny LLaVA; the <image> placeholder id is `image_token_index` (default: the last vocabulary id).
 
-    `vision` sizes the tower: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2).
+    `vision` sizes the tower: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2); `text` sets
+    further LlamaConfig fields of the decoder, e.g. {initializer_range: 0.06}.
     """
     if image_token_index is None:
         image_token_index = vocab_size - 1
     if not 0 <= image_token_index < vocab_size:
         raise ValueError(f"image_token_index {image_token_index} is outside the vocabulary (size {vocab_size})")
-    cfg = LlavaConfig(vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})), text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
+    cfg = LlavaConfig(vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})),
+                      text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size, **(text or {})),
                       image_token_index=image_token_index, projector_hidden_act="gelu")
     cfg.image_seq_length = image_tokens(cfg)
     return cfg

@@ -113,6 +113,25 @@ def test_tiny_configs_size_the_vision_tower():
     assert tiny_llava_config().vision_config.hidden_size == 32  # the default tower is unchanged
 
 
+@pytest.mark.parametrize("side", ["image", "video"])
+def test_tiny_text_settings_reach_the_decoders_initialisation(side, tmp_path):
+    """`model.tiny.text` sets LlamaConfig fields; initializer_range is the std the run's random weights are drawn with."""
+    import video_llavolta.train as video_train
+
+    module = image_train if side == "image" else video_train
+    tokenizer = build_word_tokenizer(["what colour ? red ."])
+    stds = {}
+    for std in (0.02, 0.2):
+        config = load_config(None, [f"output_dir={tmp_path}", "data.train=[unused.json]",
+                                    f"model.tiny={{layers: 2, hidden: 64, text: {{initializer_range: {std}}}}}"])
+        model = module.model_for_run(config, tokenizer)
+        assert model.config.text_config.initializer_range == std
+        decoder = model.model.language_model
+        stds[std] = [decoder.layers[0].self_attn.q_proj.weight.std().item(), decoder.embed_tokens.weight.std().item(),
+                     model.lm_head.weight.std().item()]
+    for std, measured in stds.items():  # 4096+ draws each: within 10% of the asked std
+        assert measured == pytest.approx([std] * 3, rel=0.1)
+
 def test_video_record_is_an_error_at_load(tmp_path):
     records = [{"id": "i1", "image": "a.png", "conversations": turns("<image>\nwhat ?", "red .")},
                {"id": "v1", "video": "a.mp4", "conversations": turns("<video>\nwhat ?", "red .")}]

@@ -26,13 +26,14 @@ def video_llava_config(num_frames: int = DEFAULT_FRAMES, temporal_attention: boo
 
 def tiny_video_llava_config(layers: int = 4, vocab_size: int = 128, num_frames: int = DEFAULT_FRAMES,
                             temporal_attention: bool = False, image_size: int = 28, patch_size: int = 7,
-                            hidden: int = 64, vision: dict | None = None) -> VideoLlavaConfig:
+                            hidden: int = 64, vision: dict | None = None, text: dict | None = None) -> VideoLlavaConfig:
     """A tiny Video-LLaVA: <image> and <video> are the last two vocabulary ids.
 
-    `vision` sizes both towers: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2).
+    `vision` sizes both towers: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2); `text` sets
+    further LlamaConfig fields of the decoder, e.g. {initializer_range: 0.06}.
     """
     cfg = VideoLlavaConfig(vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})),
-                           text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size),
+                           text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size, **(text or {})),
                            image_token_index=vocab_size - 2, video_token_index=vocab_size - 1,
                            projector_hidden_act="gelu")
     return _finish(cfg, num_frames, temporal_attention)
