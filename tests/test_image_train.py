@@ -115,7 +115,7 @@ def test_tiny_configs_size_the_vision_tower():
 
 @pytest.mark.parametrize("side", ["image", "video"])
 def test_tiny_text_settings_reach_the_decoders_initialisation(side, tmp_path):
-    """`model.tiny.text` sets LlamaConfig fields; initializer_range is the std the run's random weights are drawn with."""
+    """`model.tiny.text` sets LlamaConfig fields; initializer_range is the std of the run's random weights."""
     import video_llavolta.train as video_train
 
     module = image_train if side == "image" else video_train
