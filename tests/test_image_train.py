@@ -132,6 +132,7 @@ def test_tiny_text_settings_reach_the_decoders_initialisation(side, tmp_path):
     for std, measured in stds.items():  # 4096+ draws each: within 10% of the asked std
         assert measured == pytest.approx([std] * 3, rel=0.1)
 
+
 def test_video_record_is_an_error_at_load(tmp_path):
     records = [{"id": "i1", "image": "a.png", "conversations": turns("<image>\nwhat ?", "red .")},
                {"id": "v1", "video": "a.mp4", "conversations": turns("<video>\nwhat ?", "red .")}]

@@ -26,8 +26,8 @@ from data_prep.synthetic import COLOURS, SHAPES, patch_labels
 from image_llavolta.jsonio import read_jsonl
 
 from .frames import frame_dir_name, read_frames
+from .inputs import load_video
 from .modeling import num_frames
-from .processing import process_frames
 
 TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per target, background included
 
@@ -58,7 +58,7 @@ def load_patch_targets(metadata: str, frames_root: str, config, split: str = "tr
         if meta["split"] != split:
             continue
         sampled = read_frames(os.path.join(frames_root, frame_dir_name(meta["video"])), num_frames=frames_per_video)
-        pixels.append(process_frames(sampled.frames, size=vision.image_size))
+        pixels.append(load_video(sampled, config))  # the training pipeline's own processing
         for name, ids in patch_labels(meta, sampled.indices, grid, min_cover).items():
             labels[name].append(torch.from_numpy(ids))
     if not pixels:
@@ -66,9 +66,9 @@ def load_patch_targets(metadata: str, frames_root: str, config, split: str = "tr
     return torch.stack(pixels), {name: torch.stack(ids) for name, ids in labels.items()}
 
 
-def patch_features(model, pixels: torch.Tensor) -> torch.Tensor:
-    """The video tower's patch features (CLS dropped) at the layer the projector reads: (N·T, patches, hidden)."""
-    out = model.model.video_tower(pixels.flatten(0, 1), output_hidden_states=True)
+def patch_features(model, frames: torch.Tensor) -> torch.Tensor:
+    """The video tower's patch features (CLS dropped) at the projector's layer: (F, 3, H, W) -> (F, patches, hidden)."""
+    out = model.model.video_tower(frames, output_hidden_states=True)
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
@@ -87,7 +87,7 @@ def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: Towe
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
-    frames = pixels.flatten(0, 1)[:, None]  # (N·T, 1, 3, H, W): every frame its own one-frame clip
+    frames = pixels.flatten(0, 1)  # (N·T, 3, H, W): the tower sees each frame on its own
     targets = {name: ids.flatten(0, 1) for name, ids in labels.items()}
     tower.train()
     started, losses = time.perf_counter(), []
