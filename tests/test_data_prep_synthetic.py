@@ -245,3 +245,22 @@ def test_resume_and_settings_guard(data, tmp_path, capsys):
     assert "seed" in capsys.readouterr().err
     assert make(out, 5, 1, NUM_TRAIN, NUM_TEST, "--overwrite") == 0
     assert read_json(out / "dataset.json")["seed"] == 5
+
+
+def test_a_frame_too_small_for_its_objects_draws_another_size():
+    # Seed 0, train 1312: three objects in a 72x72 frame never fitted (1,000 layouts touched); it used to raise.
+    from data_prep.synthetic import SIZE_RANGE, make_video
+
+    meta = make_video(0, "train", 1312)
+    assert meta["count"] == len(meta["objects"]) == 3
+    assert meta["width"] == meta["height"] and meta["width"] % 2 == 0
+    assert SIZE_RANGE[0] <= meta["width"] <= SIZE_RANGE[1]
+    t = np.linspace(0, 1, meta["num_frames"])[:, None]
+    centres = [np.array(o["start"]) + (np.array(o["end"]) - np.array(o["start"])) * t for o in meta["objects"]]
+    for i, a in enumerate(meta["objects"]):
+        assert a["size"] < min(centres[i].min(), meta["width"] - centres[i].max())  # inside the frame throughout
+        for j in range(i + 1, 3):
+            b = meta["objects"][j]
+            apart = np.abs(centres[i] - centres[j]).max(axis=1) - a["size"] - b["size"]
+            assert apart.min() >= 3, (i, j)  # boxes 3 px apart at least, in every frame
+    assert make_video(0, "train", 1311)["width"] == 124  # fitted at its first size: as before the fix
