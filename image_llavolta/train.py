@@ -89,14 +89,22 @@ def dataset_options(config: TrainConfig) -> dict:
                 seed=config.seed)
 
 
-def train_on_dataset(config: TrainConfig, model, tokenizer, dataset, resume: str | None = None, callbacks=()) -> dict:
-    """Staged training on an `InstructionDataset`: modality-grouped batches, failures logged; returns the report."""
+def batch_sampler(config: TrainConfig, dataset):
+    """The run's `(global_batch_size, seed) -> ModalityLengthGroupedSampler` over `dataset`."""
+    # One global batch per megabatch sorts nothing across batches: random batches of one modality.
+    grouping = {} if config.data.group_by_length else {"megabatch": 1}
 
     def sampler(global_batch_size: int, seed: int):
-        return ModalityLengthGroupedSampler(dataset.lengths(), dataset.modalities(), global_batch_size, seed)
+        return ModalityLengthGroupedSampler(dataset.lengths(), dataset.modalities(), global_batch_size, seed,
+                                            **grouping)
 
-    return run_training(config, model, tokenizer, dataset, TrainCollator(tokenizer.pad_token_id), sampler, resume,
-                        callbacks)
+    return sampler
+
+
+def train_on_dataset(config: TrainConfig, model, tokenizer, dataset, resume: str | None = None, callbacks=()) -> dict:
+    """Staged training on an `InstructionDataset`: modality-grouped batches, failures logged; returns the report."""
+    return run_training(config, model, tokenizer, dataset, TrainCollator(tokenizer.pad_token_id),
+                        batch_sampler(config, dataset), resume, callbacks)
 
 
 def train(config: TrainConfig, resume: str | None = None, callbacks=()) -> dict:

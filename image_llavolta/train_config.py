@@ -52,6 +52,9 @@ class DataSection:
     num_workers: int = 0
     max_failure_share: float = 0.01  # stop the run when more than this share of samples fails to load
     flip_prob: float = 0.0
+    # LLaVA's length-grouped batches (least padding). Off: random batches (still one modality each), for data whose
+    # length gives the task away, e.g. the synthetic set, where every batch would hold a single question type.
+    group_by_length: bool = True
 
     def validate(self):
         if not self.train:

@@ -178,3 +178,21 @@ def test_shipped_image_configs(name, monkeypatch):
         assert [s.label() for s in config.scheme_obj().stages] == ["K=2,S=8", "K=2,S=2", "K=16,S=2", "none"]
     else:
         assert config.learning_rate == 1e-3 and config.scheme_obj().final_spec is None
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_group_by_length_decides_whether_a_batch_holds_one_length(grouped):
+    """`data.group_by_length` reaches the run's sampler: sorted batches of one length, or random mixes."""
+    import random
+    from types import SimpleNamespace
+
+    lengths = [338, 339, 340, 341] * 100  # on the synthetic set, a question type has its own length
+    random.Random(0).shuffle(lengths)
+    dataset = SimpleNamespace(lengths=lambda: lengths, modalities=lambda: ["video"] * len(lengths))
+    config = load_config(None, ["output_dir=x", "model.tiny={}", "data.train=[a.json]",
+                                f"data.group_by_length={str(grouped).lower()}"])
+    batches = image_train.batch_sampler(config, dataset)(8, 0).global_batches()
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    one_length = sum(len({lengths[i] for i in b}) == 1 for b in batches) / len(batches)
+    # grouped: only batches across a length boundary mix (about 1 in 12); random: 4 * (1/4)^8 of them are pure
+    assert one_length > 0.85 if grouped else one_length < 0.05
