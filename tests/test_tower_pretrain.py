@@ -1,6 +1,8 @@
 """The quickstart's video-tower pretraining: patch labels against the rendered pixels, learning, what it touches."""
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ import data_prep.synthetic as syn
 from data_prep.extract import extract_frames
 from video_llavolta.configs import tiny_video_llava_config
 from video_llavolta.modeling import build_model
-from video_llavolta.tower_pretrain import TowerPretrainConfig, load_patch_targets, pretrain_video_tower
+from video_llavolta.tower_pretrain import (TARGETS, TowerPretrainConfig, load_patch_targets, lr_factor,
+                                           pretrain_video_tower)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,7 +117,21 @@ def test_pretraining_is_deterministic(synthetic):
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_size=0), dict(lr=0.0), dict(min_cover=1.5)])
+def test_lr_warms_up_holds_then_falls_to_zero():
+    config = TowerPretrainConfig(steps=100, decay_share=0.2)  # 5 warm-up steps, 20 decay steps
+    assert [lr_factor(s, config) for s in (0, 2, 4, 50, 80, 90, 99)] == pytest.approx([0.2, 0.6, 1, 1, 1, 0.5, 0.05])
+    model = tiny_model()  # and the optimizer steps with exactly these lrs
+    pixels = torch.zeros(2, 4, 3, 32, 32)
+    labels = {name: torch.zeros(2, 4, 16, dtype=torch.long) for name in TARGETS}
+    seen = []
+    with mock.patch("torch.optim.AdamW.step", lambda self, *a, **k: seen.append(self.param_groups[0]["lr"])):
+        pretrain_video_tower(model, pixels, labels, progress=False,
+                             config=TowerPretrainConfig(steps=10, lr=1e-3, batch_size=2, decay_share=0.5))
+    assert seen == pytest.approx([1e-3] * 6 + [8e-4, 6e-4, 4e-4, 2e-4])  # warm-up rounds to one step
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_size=0), dict(lr=0.0), dict(min_cover=1.5),
+                                 dict(decay_share=0.0), dict(decay_share=1.5)])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="tower pretraining"):
         TowerPretrainConfig(**bad).validate()

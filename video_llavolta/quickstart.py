@@ -2,7 +2,7 @@
 
     python -m video_llavolta.quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
 
-Everything runs on CPU with a tiny Video-LLaVA-style model. Its video tower is first pretrained for about three minutes
+Everything runs on CPU with a tiny Video-LLaVA-style model. Its video tower is first pretrained for two to three minutes
 (`tower_pretrain`: a stand-in for LanguageBind's pretraining) and then frozen, as in Video-LLaVA; both schemes start
 from that same checkpoint. Answers are judged offline (normalised string match) unless `--judge openai` points at an
 OpenAI-compatible endpoint; offline numbers are not comparable with GPT-judged ones.

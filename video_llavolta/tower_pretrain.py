@@ -2,7 +2,7 @@
 
 Video-LLaVA starts from LanguageBind's video encoder, pretrained on millions of clips, and keeps it frozen. A tiny
 random CLIP tower trained only through the language model's answer loss does not learn to see shapes in the
-quickstart's few minutes: answers stay at chance. So the quickstart first trains its tower for about three minutes with
+quickstart's few minutes: answers stay at chance. So the quickstart first trains its tower for two to three minutes with
 a dense objective on the synthetic training split (per patch: the colour and shape of the object covering it, or
 background; `data_prep.synthetic.patch_labels`), then freezes it and trains projector + LLM as Video-LLaVA does.
 The heads used here are thrown away; only the tower's weights are kept.
@@ -36,16 +36,19 @@ TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per 
 class TowerPretrainConfig:
     """How long and how hard the tower trains."""
 
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 128  # frames per step, each drawn from any training video
     lr: float = 2e-3
+    decay_share: float = 0.25  # warm-up, constant lr, then a linear fall to 0 over this last share of the steps
     min_cover: float = 0.2  # share of a patch an object must cover to label it
     seed: int = 0
 
     def validate(self) -> "TowerPretrainConfig":
         """Check the settings; returns self."""
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.min_cover <= 1:
-            raise ValueError(f"tower pretraining: steps and batch_size >= 1, lr > 0, 0 < min_cover <= 1; got {self}")
+        if (self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.min_cover <= 1
+                or not 0 < self.decay_share <= 1):
+            raise ValueError("tower pretraining: steps and batch_size >= 1, lr > 0, 0 < min_cover <= 1, "
+                             f"0 < decay_share <= 1; got {self}")
         return self
 
 
@@ -72,6 +75,14 @@ def patch_features(model, frames: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
+def lr_factor(step: int, config: TowerPretrainConfig) -> float:
+    """The share of the peak lr at a 0-based step: 5% linear warm-up, constant, linear decay to 0 at the end."""
+    # Shape is learned late, and only while the lr is high. Per-patch shape accuracy on validation: a 1000-step
+    # cosine one-cycle ends at 68%, this schedule at 90% (1200 steps: 93%, as 2000 one-cycle steps).
+    warmup, decay = max(1, round(0.05 * config.steps)), max(1, round(config.decay_share * config.steps))
+    return min(1.0, (step + 1) / warmup, (config.steps - step) / decay)
+
+
 def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: TowerPretrainConfig,
                          progress: bool = True) -> dict:
     """Train the model's video tower in place on per-patch labels; returns a report (the image tower is untouched)."""
@@ -86,7 +97,7 @@ def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: Towe
     for p in tower.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     frames = pixels.flatten(0, 1)  # (N·T, 3, H, W): the tower sees each frame on its own
     targets = {name: ids.flatten(0, 1) for name, ids in labels.items()}
     tower.train()
