@@ -14,15 +14,16 @@ import json
 import os
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from data_prep.extract import extract_frames
 from data_prep.synthetic import make_synthetic
 from image_llavolta.jsonio import read_json, write_json
-from image_llavolta.train import tokenizer_for_run
-from image_llavolta.train_config import load_config
 
-from .tower_pretrain import TowerPretrainConfig, load_patch_targets, pretrain_video_tower
-from .train import model_for_run, train
+# torch and transformers are imported inside the functions: make-synthetic and extract-frames spawn worker
+# processes, and each one re-imports this module first (about 10 s each when nothing is byte-compiled yet).
+if TYPE_CHECKING:
+    from .tower_pretrain import TowerPretrainConfig
 
 SCHEMES = ("single", "four_wider_then_deeper")
 
@@ -41,6 +42,11 @@ def prepare_data(root: str, num_train: int, num_test: int, seed: int, workers: i
 
 def prepare_encoder(config, data: dict, out_dir: str, settings: TowerPretrainConfig) -> dict:
     """The schemes' starting checkpoint: the tiny model with its video tower pretrained; reused if already made."""
+    from image_llavolta.train import tokenizer_for_run
+
+    from .tower_pretrain import load_patch_targets, pretrain_video_tower
+    from .train import model_for_run
+
     report_path = os.path.join(out_dir, "tower_pretrain.json")
     made_from = {"model": config.model.tiny, "seed": config.seed, "train": os.path.abspath(data["train"]),
                  "settings": asdict(settings)}
@@ -97,6 +103,11 @@ def print_summary(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
+    from image_llavolta.train_config import load_config
+
+    from .tower_pretrain import TowerPretrainConfig
+    from .train import train
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/video/quickstart.yaml")
     parser.add_argument("--out", default="runs/quickstart")
