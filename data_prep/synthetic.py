@@ -18,10 +18,12 @@ Questions (answers are single lowercase words, for an exact-match judge):
 Output folder::
 
     videos/<split>_<index:05d>.mp4   mpeg4 (default) or libx264, yuv420p
-    train.json       Video-LLaVA instruction format: one single-turn sample per question of each
-                     training video, id "<video_id>_<type>" (one conversation asking them all in
-                     turn would leak answers: "What shape is the red object?" tells a later
-                     "What colour is the circle?" its answer, and a model learns to copy it)
+    train.json       Video-LLaVA instruction format: one conversation per question type of each training
+                     video, id "<video_id>_<type>". It opens with the question make_questions picks
+                     for that type (as for a test video), then asks the same type about every other
+                     object it can name; the count conversation then asks "What objects are in the
+                     video?" (answer: every object as "a red circle moving left" or "the circle is red
+                     and moving left", joined by "and").
     test_qa.jsonl    convert-qa's unified format plus "type": one line per question per test video
     metadata.jsonl   the ground truth of every video (train and test)
     dataset.json     seed, sizes, counts and question types
@@ -30,6 +32,14 @@ Output folder::
 Resuming: videos are written to a temp file and renamed, so a video file that exists is complete; a
 rerun with the same generator settings only writes the missing ones. A folder written with other
 settings (seed, codec) is refused unless --overwrite.
+
+Why train.json looks like that: answers of one word seldom teach a from-scratch model which object a question
+names. On two- and three-object videos its colour and shape answers named another object of the video about
+half the time. Asking a type about every object, and describing the objects in both word orders (colour then
+shape, shape then colour), gave it that binding in the validation runs where single questions had not. Types
+are never mixed in one conversation: "What shape is the red object?" would answer a later "What colour is the
+circle?", and a model learns to copy. Within a type, a later colour turn can be answered by elimination; the
+first turn cannot.
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from tqdm import tqdm
 from data_prep.io import map_unordered
 from image_llavolta.jsonio import write_json, write_jsonl
 
-GENERATOR_VERSION = 1  # bump when a change alters the videos or questions a seed gives
+GENERATOR_VERSION = 1  # bump when a change alters the videos a seed gives (it guards the videos folder)
+QUESTIONS_VERSION = 2  # bump when a change alters the questions or conversations a seed gives
 FPS = 8
 FRAME_RANGE = (16, 32)
 SIZE_RANGE = (64, 128)
@@ -63,6 +74,7 @@ QUESTION_TYPES = {
     "shape": "What shape is the {colour} object?",
     "direction": "Which way is the {shape} moving? / Which way is the {colour} {shape} moving?",
 }
+DESCRIBE_QUESTION = "What objects are in the video?"  # training only: its answer is a phrase, not one word
 CODECS = {
     # Measured on 2 CPU cores, ~100 x 100 px, 24 frames: mpeg4 ~7 ms per video, libx264 ultrafast ~12 ms.
     "mpeg4": {"bit_rate": 2_000_000},  # the default rate (200 kb/s) smears small shapes' colours
@@ -165,24 +177,46 @@ def _objects_touch(objects: list[dict], num_frames: int, margin: float = 3.0) ->
     return False
 
 
-def make_questions(meta: dict, seed: int) -> list[dict]:
-    """Every applicable question of a video, each {"type", "question", "answer"}, in a seeded order."""
-    # Its own stream (last entry 1), so adding a question type never changes the videos.
-    rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 1])
+def all_questions(meta: dict) -> dict[str, list[dict]]:
+    """Every question a video answers, by type: count once, the others once per object they can name."""
     objects = meta["objects"]
     shape_counts = Counter(o["shape"] for o in objects)
-    questions = [{"type": "count", "question": QUESTION_TYPES["count"], "answer": NUMBER_WORDS[meta["count"]]}]
-    unique_shape = [o for o in objects if shape_counts[o["shape"]] == 1]
-    if unique_shape:  # "the circle" must name exactly one object
-        o = unique_shape[rng.integers(len(unique_shape))]
-        questions.append({"type": "colour", "question": f"What colour is the {o['shape']}?", "answer": o["colour"]})
-    o = objects[rng.integers(len(objects))]  # colours are unique within a video
-    questions.append({"type": "shape", "question": f"What shape is the {o['colour']} object?", "answer": o["shape"]})
-    o = objects[rng.integers(len(objects))]
-    name = o["shape"] if shape_counts[o["shape"]] == 1 else f"{o['colour']} {o['shape']}"
-    questions.append({"type": "direction", "question": f"Which way is the {name} moving?", "answer": o["direction"]})
+
+    def name(o):  # "the circle", or "the red square" when the shape alone is ambiguous
+        return o["shape"] if shape_counts[o["shape"]] == 1 else f"{o['colour']} {o['shape']}"
+
+    def question(qtype, text, answer):
+        return {"type": qtype, "question": text, "answer": answer}
+
+    return {
+        "count": [question("count", QUESTION_TYPES["count"], NUMBER_WORDS[meta["count"]])],
+        # "the circle" must name exactly one object
+        "colour": [question("colour", f"What colour is the {o['shape']}?", o["colour"])
+                   for o in objects if shape_counts[o["shape"]] == 1],
+        # colours are unique within a video
+        "shape": [question("shape", f"What shape is the {o['colour']} object?", o["shape"]) for o in objects],
+        "direction": [question("direction", f"Which way is the {name(o)} moving?", o["direction"]) for o in objects],
+    }
+
+
+def make_questions(meta: dict, seed: int) -> list[dict]:
+    """One question of each applicable type about a seeded choice of object, each {"type", "question", "answer"}."""
+    # Its own stream (last entry 1), so adding a question type never changes the videos.
+    rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 1])
+    everything = all_questions(meta)
+    questions = everything["count"] + [
+        everything[t][rng.integers(len(everything[t]))] for t in ("colour", "shape", "direction") if everything[t]]
     order = rng.permutation(len(questions))
     return [questions[i] for i in order]
+
+
+def describe(objects: list[dict], rng: np.random.Generator) -> str:
+    """Every object in a seeded order, in one of two equally likely phrasings: "a red circle moving left and ..."
+    or "the circle is red and moving left and ..."."""
+    order = [objects[i] for i in rng.permutation(len(objects))]
+    if rng.random() < 0.5:
+        return " and ".join(f"a {o['colour']} {o['shape']} moving {o['direction']}" for o in order)
+    return " and ".join(f"the {o['shape']} is {o['colour']} and moving {o['direction']}" for o in order)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,11 +423,22 @@ def _prepare_videos_dir(videos_dir: str, params: dict, overwrite: bool) -> None:
 
 
 def _train_samples(meta: dict, seed: int) -> list[dict]:
-    """The video's Video-LLaVA instruction samples: one single-turn sample per question."""
-    return [{"id": f"{meta['video_id']}_{q['type']}", "video": meta["video"],
-             "conversations": [{"from": "human", "value": "<video>\n" + q["question"]},
-                               {"from": "gpt", "value": q["answer"]}]}
-            for q in make_questions(meta, seed)]
+    """The video's Video-LLaVA instruction samples: one conversation per question type (see the module docstring)."""
+    rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 2])
+    everything = all_questions(meta)
+    samples = []
+    for first in make_questions(meta, seed):  # the test split's question comes first, in the test's format
+        rest = [q for q in everything[first["type"]] if q != first]
+        turns = [first, *(rest[i] for i in rng.permutation(len(rest)))]
+        if first["type"] == "count":
+            turns.append({"question": DESCRIBE_QUESTION, "answer": describe(meta["objects"], rng)})
+        conversation = []
+        for k, turn in enumerate(turns):
+            conversation += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + turn["question"]},
+                             {"from": "gpt", "value": turn["answer"]}]
+        samples.append({"id": f"{meta['video_id']}_{first['type']}", "video": meta["video"],
+                        "conversations": conversation})
+    return samples
 
 
 def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: dict) -> dict:
@@ -403,6 +448,7 @@ def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: 
         "description": "Coloured shapes moving in straight lines on a plain background; "
         "questions about count, colour, shape and direction of motion, answered with one lowercase word.",
         "generator_version": GENERATOR_VERSION,
+        "questions_version": QUESTIONS_VERSION,
         "seed": seed,
         "requested": {"num_train": num_train, "num_test": num_test},
         "counts": counts,
@@ -420,6 +466,7 @@ def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: 
         "shapes": list(SHAPES),
         "directions": list(DIRECTIONS),
         "question_types": QUESTION_TYPES,
+        "training_only_question": DESCRIBE_QUESTION,
         "answers": {
             "count": list(NUMBER_WORDS.values()),
             "colour": list(COLOURS),
@@ -428,7 +475,8 @@ def _dataset_card(seed: int, codec: str, num_train: int, num_test: int, counts: 
         },
         "files": {
             "videos": "videos/<split>_<index>.mp4 (paths in the JSON files are relative to videos/)",
-            "train.json": "Video-LLaVA instruction format, one single-turn sample per question of each training video",
+            "train.json": "Video-LLaVA instruction format, one conversation per question type of each training video: "
+            "the type asked about every object it can name; the count conversation then asks for a description",
             "test_qa.jsonl": "unified QA format (question_id, video, question, answer) plus type",
             "metadata.jsonl": "ground truth per video: size, frames, background, objects with paths",
             "failures.jsonl": "videos that could not be written",

@@ -11,6 +11,7 @@ import pytest
 from prep_helpers import decode_all, read_json, read_jsonl
 
 from data_prep.cli import main
+from data_prep.synthetic import DESCRIBE_QUESTION as DESCRIBE
 from data_prep.validate import validate_file
 from video_llavolta.frames import read_frames
 
@@ -96,8 +97,20 @@ def all_questions(out) -> list[tuple[str, str, str, str]]:
     for sample in read_json(out / "train.json"):
         conv = sample["conversations"]
         for human, gpt in zip(conv[::2], conv[1::2]):
-            qs.append((sample["video"], "", human["value"].removeprefix("<video>\n"), gpt["value"]))
+            if human["value"] != DESCRIBE:  # a phrase, checked by its own test
+                qs.append((sample["video"], "", human["value"].removeprefix("<video>\n"), gpt["value"]))
     return qs
+
+
+def described_objects(answer: str) -> list[tuple[str, str, str]]:
+    """(colour, shape, direction) of each object in a description, in either of its two phrasings."""
+    phrase = r"a (\w+) (\w+) moving (\w+)|the (\w+) is (\w+) and moving (\w+)"
+    assert re.fullmatch(rf"(?:{phrase})(?: and (?:{phrase}))*", answer), answer
+    found = []
+    for m in re.finditer(phrase, answer):
+        colour, shape, direction = m.groups()[:3] if m[1] else (m[5], m[4], m[6])
+        found.append((colour, shape, direction))
+    return found
 
 
 def test_sizes_honour_the_flags(data):
@@ -128,23 +141,40 @@ def test_sizes_honour_the_flags(data):
         assert frames.shape == (meta["num_frames"], meta["height"], meta["width"], 3)
 
 
-def test_training_samples_are_single_turn_one_per_question(data):
-    """A multi-turn sample would leak: "What shape is the red object?" answers a later "What colour is the circle?"."""
+def test_each_training_conversation_asks_one_type_about_every_object(data):
+    """One type per conversation (mixing types leaks: "What shape is the red object?" answers "What colour is the
+    circle?"); every object the type can name is asked about once; the count conversation ends with a description."""
     metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl") if m["split"] == "train"}
-    seen: dict[str, set] = {video: set() for video in metas}
+    types_seen: dict[str, list[str]] = {video: [] for video in metas}
+    phrasings = set()
     for sample in read_json(data / "train.json"):
-        human, gpt = sample["conversations"]  # exactly one question and its answer
-        question = human["value"].removeprefix("<video>\n")
-        assert human["value"] == "<video>\n" + question and "<video>" not in question
+        meta, conv = metas[sample["video"]], sample["conversations"]
         video_id, qtype = sample["id"].rsplit("_", 1)
-        assert video_id == metas[sample["video"]]["video_id"]
-        seen[sample["video"]].add((qtype, question, gpt["value"]))
-    for video, meta in metas.items():  # every applicable question once, and nothing else
+        assert video_id == meta["video_id"]
+        types_seen[sample["video"]].append(qtype)
+        humans = [t["value"] for t in conv[::2]]
+        assert humans[0].startswith("<video>\n") and not any("<video>" in h for h in [humans[0][8:], *humans[1:]])
+        asked = [(h.removeprefix("<video>\n"), t["value"]) for h, t in zip(humans, conv[1::2])]
+        if qtype == "count":
+            (count_q, _), (describe_q, description) = asked  # the count, then the description
+            assert count_q == "How many objects are in the video?" and describe_q == DESCRIBE
+            objects = described_objects(description)
+            assert sorted(objects) == sorted((o["colour"], o["shape"], o["direction"]) for o in meta["objects"])
+            phrasings.add(description.split()[0])
+            continue
+        asked_about = [expected_answer(q, meta) for q, _ in asked]
+        assert [answer for answer, _ in asked_about] == [a for _, a in asked]
+        names = sorted(o["colour"] for _, o in asked_about)
+        shapes = [o["shape"] for o in meta["objects"]]
+        nameable = [o for o in meta["objects"] if qtype != "colour" or shapes.count(o["shape"]) == 1]
+        assert names == sorted(o["colour"] for o in nameable)  # each object once, none left out
+        prefix = {"colour": "What colour", "shape": "What shape", "direction": "Which way"}[qtype]
+        assert all(q.startswith(prefix) for q, _ in asked)
+    for video, meta in metas.items():  # one conversation per applicable type
         shapes = [o["shape"] for o in meta["objects"]]
         types = {"count", "shape", "direction"} | ({"colour"} if any(shapes.count(s) == 1 for s in shapes) else set())
-        assert {t for t, _, _ in seen[video]} == types and len(seen[video]) == len(types)
-        for _, question, answer in seen[video]:
-            assert expected_answer(question, meta)[0] == answer
+        assert sorted(types_seen[video]) == sorted(types)
+    assert phrasings == {"a", "the"}  # both word orders, colour-shape and shape-colour
 
 
 def test_test_questions_cover_the_types(data):
