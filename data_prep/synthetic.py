@@ -37,9 +37,9 @@ Why train.json looks like that: answers of one word seldom teach a from-scratch 
 names. On two- and three-object videos its colour and shape answers named another object of the video about
 half the time. Asking a type about every object, and describing the objects in both word orders (colour then
 shape, shape then colour), made its colour answers name the right object in the validation runs (84-91%
-against 70%); shape answers do so in some runs only (issue 5's notes). Types are never mixed in one conversation: "What shape is the red object?" would answer a later "What colour is the
-circle?", and a model learns to copy. Within a type, a later colour turn can be answered by elimination; the
-first turn cannot.
+against 70%); shape answers do so in some runs only (issue 5's notes). Types are never mixed in one
+conversation: "What shape is the red object?" would answer a later "What colour is the circle?", and a model
+learns to copy. Within a type, a later colour turn can be answered by elimination; the first turn cannot.
 """
 
 from __future__ import annotations
