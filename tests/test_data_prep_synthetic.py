@@ -91,7 +91,7 @@ def expected_answer(question: str, meta: dict) -> tuple[str, dict | None]:
     raise AssertionError(f"unexpected question {question!r}")
 
 
-def all_questions(out) -> list[tuple[str, str, str, str]]:
+def questions_in_files(out) -> list[tuple[str, str, str, str]]:
     """(video, type or '', question, answer) of every test question and every training turn."""
     qs = [(q["video"], q["type"], q["question"], q["answer"]) for q in read_jsonl(out / "test_qa.jsonl")]
     for sample in read_json(out / "train.json"):
@@ -153,8 +153,9 @@ def test_each_training_conversation_asks_one_type_about_every_object(data):
         assert video_id == meta["video_id"]
         types_seen[sample["video"]].append(qtype)
         humans = [t["value"] for t in conv[::2]]
-        assert humans[0].startswith("<video>\n") and not any("<video>" in h for h in [humans[0][8:], *humans[1:]])
-        asked = [(h.removeprefix("<video>\n"), t["value"]) for h, t in zip(humans, conv[1::2])]
+        questions = [humans[0].removeprefix("<video>\n"), *humans[1:]]
+        assert humans[0].startswith("<video>\n") and not any("<video>" in q for q in questions)
+        asked = list(zip(questions, [t["value"] for t in conv[1::2]]))
         if qtype == "count":
             (count_q, _), (describe_q, description) = asked  # the count, then the description
             assert count_q == "How many objects are in the video?" and describe_q == DESCRIBE
@@ -191,7 +192,7 @@ def test_test_questions_cover_the_types(data):
 
 def test_answers_match_metadata(data):
     metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl")}
-    questions = all_questions(data)
+    questions = questions_in_files(data)
     assert len(questions) > 3 * (NUM_TRAIN + NUM_TEST)
     for video, qtype, question, answer in questions:
         assert re.fullmatch(r"[a-z]+", answer), answer  # one lowercase word
@@ -202,7 +203,7 @@ def test_answers_match_metadata(data):
 def test_answers_match_the_pixels(data):
     metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl")}
     checked = {"count": 0, "colour": 0, "shape": 0, "direction": 0}
-    for video, _, question, answer in all_questions(data):
+    for video, _, question, answer in questions_in_files(data):
         meta = metas[video]
         sampled = read_frames(data / "videos" / video, num_frames=2)  # first and last frame
         assert sampled.indices == [0, meta["num_frames"] - 1]
