@@ -11,6 +11,7 @@ import pytest
 from prep_helpers import decode_all, read_json, read_jsonl
 
 from data_prep.cli import main
+from data_prep.synthetic import COLOUR_FIRST_SHARE, describe, make_video
 from data_prep.synthetic import DESCRIBE_QUESTION as DESCRIBE
 from data_prep.validate import validate_file
 from video_llavolta.frames import read_frames
@@ -141,28 +142,36 @@ def test_sizes_honour_the_flags(data):
         assert frames.shape == (meta["num_frames"], meta["height"], meta["width"], 3)
 
 
-def test_each_training_conversation_asks_one_type_about_every_object(data):
-    """One type per conversation (mixing types leaks: "What shape is the red object?" answers "What colour is the
-    circle?"); every object the type can name is asked about once; the count conversation ends with a description."""
+def test_training_conversations_ask_each_type_about_every_object(data):
+    """Per video an overview (count and directions in either order, then a description); for 2-3 objects also a
+    colour and a shape conversation. Colour and shape never meet (mixing leaks: "What shape is the red object?"
+    answers "What colour is the circle?"); every object a type can name is asked about once."""
     metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl") if m["split"] == "train"}
-    types_seen: dict[str, list[str]] = {video: [] for video in metas}
-    phrasings = set()
+    kinds_seen: dict[str, list[str]] = {video: [] for video in metas}
+    phrasings, overview_openers = set(), set()
     for sample in read_json(data / "train.json"):
         meta, conv = metas[sample["video"]], sample["conversations"]
-        video_id, qtype = sample["id"].rsplit("_", 1)
+        video_id, kind = sample["id"].rsplit("_", 1)
         assert video_id == meta["video_id"]
-        types_seen[sample["video"]].append(qtype)
+        kinds_seen[sample["video"]].append(kind)
         humans = [t["value"] for t in conv[::2]]
         questions = [humans[0].removeprefix("<video>\n"), *humans[1:]]
         assert humans[0].startswith("<video>\n") and not any("<video>" in q for q in questions)
         asked = list(zip(questions, [t["value"] for t in conv[1::2]]))
-        if qtype == "count":
-            (count_q, _), (describe_q, description) = asked  # the count, then the description
-            assert count_q == "How many objects are in the video?" and describe_q == DESCRIBE
+        if kind == "overview":
+            *asked, (describe_q, description) = asked
+            assert describe_q == DESCRIBE
             objects = described_objects(description)
             assert sorted(objects) == sorted((o["colour"], o["shape"], o["direction"]) for o in meta["objects"])
             phrasings.add(description.split()[0])
-            continue
+            count_turns = [k for k, (q, _) in enumerate(asked) if q == "How many objects are in the video?"]
+            assert len(count_turns) == 1 and count_turns[0] in (0, len(asked) - 1)  # before or after the directions
+            assert asked.pop(count_turns[0])[1] == WORDS[meta["count"]]
+            overview_openers.add("count" if count_turns[0] == 0 else "direction")
+            qtype = "direction"
+        else:
+            qtype = kind
+            assert meta["count"] > 1, "a one-object video gets no colour or shape conversation"
         asked_about = [expected_answer(q, meta) for q, _ in asked]
         assert [answer for answer, _ in asked_about] == [a for _, a in asked]
         names = sorted(o["colour"] for _, o in asked_about)
@@ -171,11 +180,26 @@ def test_each_training_conversation_asks_one_type_about_every_object(data):
         assert names == sorted(o["colour"] for o in nameable)  # each object once, none left out
         prefix = {"colour": "What colour", "shape": "What shape", "direction": "Which way"}[qtype]
         assert all(q.startswith(prefix) for q, _ in asked)
-    for video, meta in metas.items():  # one conversation per applicable type
+    for video, meta in metas.items():
         shapes = [o["shape"] for o in meta["objects"]]
-        types = {"count", "shape", "direction"} | ({"colour"} if any(shapes.count(s) == 1 for s in shapes) else set())
-        assert sorted(types_seen[video]) == sorted(types)
+        kinds = {"overview"}
+        if meta["count"] > 1:
+            kinds |= {"shape"} | ({"colour"} if any(shapes.count(s) == 1 for s in shapes) else set())
+        assert sorted(kinds_seen[video]) == sorted(kinds)
     assert phrasings == {"a", "the"}  # both word orders, colour-shape and shape-colour
+    assert overview_openers == {"count", "direction"}  # either can open: a test question always opens
+
+
+def test_descriptions_are_colour_first_at_the_configured_share():
+    """Over 2,000 seeded descriptions the colour-first share is COLOUR_FIRST_SHARE, within 4 binomial s.d."""
+    objects = make_video(0, "train", 0)["objects"]
+    rng = np.random.default_rng(0)
+    draws = [describe(objects, rng) for _ in range(2000)]
+    assert all(sorted(described_objects(d)) == sorted((o["colour"], o["shape"], o["direction"]) for o in objects)
+               for d in draws)
+    share = sum(d.startswith("a ") for d in draws) / len(draws)
+    sd = (COLOUR_FIRST_SHARE * (1 - COLOUR_FIRST_SHARE) / len(draws)) ** 0.5
+    assert abs(share - COLOUR_FIRST_SHARE) < 4 * sd
 
 
 def test_test_questions_cover_the_types(data):

@@ -19,9 +19,9 @@ SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction":
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", str(root), "--num-train", "8",
+    subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", str(root), "--num-train", "12",
                     "--num-test", "2", "--seed", "3"], check=True, capture_output=True)
-    records = json.loads((root / "train.json").read_text())  # one sample per question: 3-4 per video
+    records = json.loads((root / "train.json").read_text())  # 1-3 conversations per video: 26 in all
     (root / "train24.json").write_text(json.dumps(records[:24]))
     return root
 
