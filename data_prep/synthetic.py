@@ -41,11 +41,12 @@ half the time. What helped, on the validation set (issue 5's notes):
 - more passes over the videos with an object to pick: picking is learned late. A one-object video's colour and
   shape questions teach no picking (its description holds both), and count and direction share a conversation
   (a count gives no direction away; either type opens it about half the time, as a test question opens its
-  own), so a pass holds 2.3 conversations per video instead of 4 and the quickstart trains 3 epochs in the time
-  2 took;
+  own), so a pass holds 2.2 conversations per video instead of 4 and the quickstart's 3.5 epochs take about as
+  long as its 2 did before;
 - the description's word order: "a red circle" teaches naming a shape after a colour, "the circle is red" the
-  reverse. Half and half, colour answers were right 99% of the time and shape 76-79%; all colour-first, shape
-  95-96% and colour 76-89%; three in four colour-first, both 86% or more in four of four runs.
+  reverse. At 3 epochs, half and half: colour right 99% of the time, shape 76-79%; all colour-first: shape
+  95-96%, colour 76-89%; three in four colour-first: both 86% or more in four runs of five (colour 77% in the
+  fifth), and in both runs at 3.5 epochs.
 Colour and shape never share a conversation: "What shape is the red object?" would answer a later "What colour
 is the circle?", and a model learns to copy. Within a type, a later colour turn can be answered by elimination;
 the first turn cannot.
