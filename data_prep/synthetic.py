@@ -86,7 +86,7 @@ QUESTION_TYPES = {
 }
 DESCRIBE_QUESTION = "What objects are in the video?"  # training only: its answer is a phrase, not one word
 # "a red circle" teaches naming a shape after a colour, "the circle is red" the reverse; three in four colour-first
-# balanced the two on the validation set (module docstring).
+# balanced the two in most validation runs (module docstring).
 COLOUR_FIRST_SHARE = 0.75
 CODECS = {
     # Measured on 2 CPU cores, ~100 x 100 px, 24 frames: mpeg4 ~7 ms per video, libx264 ultrafast ~12 ms.
