@@ -44,9 +44,8 @@ half the time. What helped, on the validation set (issue 5's notes):
   own), so a pass holds 2.2 conversations per video instead of 4 and the quickstart's 3.5 epochs take about as
   long as its 2 did before;
 - the description's word order: "a red circle" teaches naming a shape after a colour, "the circle is red" the
-  reverse. At 3 epochs, half and half: colour right 99% of the time, shape 76-79%; all colour-first: shape
-  95-96%, colour 76-89%; three in four colour-first: both 86% or more in four runs of five (colour 77% in the
-  fifth, the quickstart's own run), and in two of three runs at 3.5 epochs (colour 73% in the quickstart's).
+  reverse. Half and half, shape picking was the one that often failed to form; all colour-first, colour picking
+  was; three in four colour-first, both formed in most runs (numbers: README, "How the demo model is built").
 Colour and shape never share a conversation: "What shape is the red object?" would answer a later "What colour
 is the circle?", and a model learns to copy. Within a type, a later colour turn can be answered by elimination;
 the first turn cannot.
