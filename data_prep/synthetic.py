@@ -438,16 +438,19 @@ def _train_samples(meta: dict, seed: int) -> list[dict]:
     """The video's Video-LLaVA instruction samples: an overview, then colour and shape conversations (module docstring)."""
     rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 2])
     everything = all_questions(meta)
+    # One object's colour and shape are in its description, and there is no object to pick.
+    kinds = ("count", "direction", "colour", "shape") if meta["count"] > 1 else ("count", "direction")
     blocks = {}
     for first in make_questions(meta, seed):  # each type opens with the question a test video would get for it
+        if first["type"] not in kinds:
+            continue
         rest = [q for q in everything[first["type"]] if q != first]
         blocks[first["type"]] = [first, *(rest[i] for i in rng.permutation(len(rest)))]
     # Count and direction share one conversation, in make_questions' order (either opens it): a count gives no
     # direction away, and a test question is always a conversation's first.
     overview = [turn for qtype, block in blocks.items() if qtype in ("count", "direction") for turn in block]
     conversations = {"overview": [*overview, {"question": DESCRIBE_QUESTION, "answer": describe(meta["objects"], rng)}]}
-    if meta["count"] > 1:  # one object's colour and shape are in its description, and there is no object to pick
-        conversations.update((qtype, blocks[qtype]) for qtype in ("colour", "shape") if qtype in blocks)
+    conversations.update((qtype, blocks[qtype]) for qtype in ("colour", "shape") if qtype in blocks)
     samples = []
     for name, turns in conversations.items():
         conversation = []
