@@ -83,6 +83,8 @@ QUESTION_TYPES = {
     "shape": "What shape is the {colour} object?",
     "direction": "Which way is the {shape} moving? / Which way is the {colour} {shape} moving?",
 }
+OVERVIEW_TYPES = ("count", "direction")  # share one training conversation, which ends with a description
+PICKING_TYPES = ("colour", "shape")  # a training conversation each, on videos with an object to pick
 DESCRIBE_QUESTION = "What objects are in the video?"  # training only: its answer is a phrase, not one word
 # "a red circle" teaches naming a shape after a colour, "the circle is red" the reverse; three in four colour-first
 # balanced the two in most validation runs (module docstring).
@@ -439,7 +441,7 @@ def _train_samples(meta: dict, seed: int) -> list[dict]:
     rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 2])
     everything = all_questions(meta)
     # One object's colour and shape are in its description, and there is no object to pick.
-    kinds = ("count", "direction", "colour", "shape") if meta["count"] > 1 else ("count", "direction")
+    kinds = OVERVIEW_TYPES + (PICKING_TYPES if meta["count"] > 1 else ())
     blocks = {}
     for first in make_questions(meta, seed):  # each type opens with the question a test video would get for it
         if first["type"] not in kinds:
@@ -448,9 +450,9 @@ def _train_samples(meta: dict, seed: int) -> list[dict]:
         blocks[first["type"]] = [first, *(rest[i] for i in rng.permutation(len(rest)))]
     # Count and direction share one conversation, in make_questions' order (either opens it): a count gives no
     # direction away, and a test question is always a conversation's first.
-    overview = [turn for qtype, block in blocks.items() if qtype in ("count", "direction") for turn in block]
+    overview = [turn for qtype, block in blocks.items() if qtype in OVERVIEW_TYPES for turn in block]
     conversations = {"overview": [*overview, {"question": DESCRIBE_QUESTION, "answer": describe(meta["objects"], rng)}]}
-    conversations.update((qtype, blocks[qtype]) for qtype in ("colour", "shape") if qtype in blocks)
+    conversations.update((qtype, blocks[qtype]) for qtype in PICKING_TYPES if qtype in blocks)
     samples = []
     for name, turns in conversations.items():
         conversation = []
