@@ -10,6 +10,7 @@ A spec names the benchmark, its answer type, the prompt suffix LLaVA-1.5 uses fo
     category_field: null               # a field to break results down by (POPE, MME, MMBench, SEED)
     hint_prefix: ""                    # multiple choice: put before a record's "hint" line (ScienceQA: "Context: ")
     max_new_tokens: 128
+    template: null                     # a conversation template by name; null: the checkpoint's
 
 Question files are JSONL, one question a line; every record has
 `question_id` (string or integer, unique), `image` (a path relative to the image root) and `question` (text), and
@@ -58,7 +59,7 @@ class BenchmarkSpec:
     category_field: str | None = None
     hint_prefix: str = ""
     max_new_tokens: int = 128
-    template: str = "vicuna_v1"
+    template: str | None = None  # None: the checkpoint's (`llavolta_template`, else vicuna_v1)
     description: str = ""
 
     def __post_init__(self):
@@ -81,7 +82,7 @@ class BenchmarkSpec:
             raise ValueError(f"prompt_suffix must be a string, got {self.prompt_suffix!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.template not in TEMPLATES:
+        if self.template is not None and self.template not in TEMPLATES:
             raise ValueError(f"unknown template {self.template!r}; known: {sorted(TEMPLATES)}")
 
     def to_dict(self) -> dict:

@@ -40,7 +40,7 @@ from .benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
 from .compression import CompressionSpec
 from .compression.models import FROM_CONFIG
 from .configs import placeholder_tokens
-from .conversation import get_template, tokenize_prompt
+from .conversation import Template, resolve_template, tokenize_prompt
 from .generation import (
     add_model_arguments,
     load_for_generation,
@@ -70,9 +70,10 @@ def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, str]:
             "results": os.path.join(out_dir, f"{name}.results.json")}
 
 
-def encode_question(tokenizer, config, spec: BenchmarkSpec, record: dict, image_root: str | os.PathLike) -> dict:
+def encode_question(tokenizer, config, spec: BenchmarkSpec, record: dict, image_root: str | os.PathLike,
+                    template: Template) -> dict:
     """One model sample: the rendered prompt's ids with the image placeholder expanded, and the image's pixels."""
-    prompt = get_template(spec.template).render([build_prompt(spec, record)])
+    prompt = template.render([build_prompt(spec, record)])
     pixels = load_image(os.path.join(image_root, record["image"]), config, pad_to_square=True)
     return {"input_ids": tokenize_prompt(tokenizer, prompt, placeholder_tokens(config)), "pixel_values": pixels[None]}
 
@@ -83,10 +84,10 @@ def _carried(spec: BenchmarkSpec, record: dict) -> dict:
     return {k: record[k] for k in dict.fromkeys(keys) if k in record}
 
 
-def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compression, generation, rank: int,
+def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compression, template, generation, rank: int,
               world_size: int) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
-    return run_settings(model, tokenizer, compression_arg, compression, get_template(spec.template), generation, rank,
+    return run_settings(model, tokenizer, compression_arg, compression, template, generation, rank,
                         world_size, benchmark={k: v for k, v in spec.to_dict().items() if k != "description"},
                         image_processing={"size": model.config.vision_config.image_size, "pad_to_square": True})
 
@@ -104,15 +105,21 @@ def run_benchmark(
     limit: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    template: Template | str | None = None,
 ) -> dict:
-    """Answer this rank's share of a benchmark; with one rank, score it too. Returns counts, paths and results."""
+    """Answer this rank's share of a benchmark; with one rank, score it too. Returns counts, paths and results.
+
+    The conversation template is `template` (a `Template` or a name) if given, else the spec's, else the one the
+    checkpoint records (`llavolta_template`, else vicuna_v1).
+    """
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     questions = read_questions(data_path, spec, limit)
     paths = output_paths(out_dir, spec.name)
+    template = resolve_template(model.config, template or spec.template)
     spec_used = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens or spec.max_new_tokens)
-    settings = _settings(model, tokenizer, spec, compression, spec_used, generation, rank, world_size)
+    settings = _settings(model, tokenizer, spec, compression, spec_used, template, generation, rank, world_size)
     run = {"data": os.path.abspath(data_path), "image_root": os.path.abspath(image_root), "limit": limit,
            "batch_size": batch_size, "device": str(model.device), "dtype": str(model.dtype),
            "torch": torch.__version__, "transformers": transformers.__version__}
@@ -124,7 +131,7 @@ def run_benchmark(
     model.eval()
     summary = answer_questions(
         questions[rank::world_size], shard_path(paths["predictions"], rank, world_size), settings, run,
-        lambda record: encode_question(tokenizer, model.config, spec, record, image_root),
+        lambda record: encode_question(tokenizer, model.config, spec, record, image_root, template),
         lambda samples: generate_answers(model, tokenizer, samples, generation, spec_used),
         lambda record, pred: {**_carried(spec, record), "pred": pred}, failure, batch_size,
         desc=f"{spec.name} rank {rank}" if world_size > 1 else spec.name,
@@ -356,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model, tokenizer = load_for_generation(args, load_pretrained)
         summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
-                                args.max_new_tokens, args.compression, args.limit, rank, world_size)
+                                args.max_new_tokens, args.compression, args.limit, rank, world_size, args.template)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from transformers import GenerationConfig
 
 from .compression import CompressionSpec
 from .compression.models import FROM_CONFIG
+from .conversation import TEMPLATE_KEY, TEMPLATES
 from .inputs import collate
 from .jsonio import failures_path, read_failures, read_jsonl, settings_path, write_json, write_jsonl
 
@@ -121,8 +122,7 @@ def run_settings(model, tokenizer, compression_arg, compression: CompressionSpec
         "compression": None if compression is None else compression.to_dict(),
         "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
         **specific,
-        "template": {"system": template.system, "roles": list(template.roles), "sep": template.sep,
-                     "sep2": template.sep2},
+        "template": template.to_dict(),
         "generation": generation_settings(generation),
         "rank": rank,
         "world_size": world_size,
@@ -354,13 +354,17 @@ def merge_shards(
 
 
 def add_model_arguments(parser, what: str, compression: bool = True) -> None:
-    """The options every answering command shares: --model, --tokenizer, --device, --dtype (and --compression)."""
+    """The options every answering command shares: --model, --tokenizer, --template, --device, --dtype (and
+    --compression)."""
     parser.add_argument("--model", required=True, help=f"{what} checkpoint directory (Hugging Face layout)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
     if compression:
         parser.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
                             help="none, from_config (the checkpoint's, default) or K,S[,method] for test-time "
                                  "compression")
+    parser.add_argument("--template", choices=sorted(TEMPLATES),
+                        help=f"conversation template (default: the one the checkpoint records in {TEMPLATE_KEY}, "
+                             "else vicuna_v1)")
     parser.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                         help="auto: bfloat16 on a GPU, float32 on CPU")

@@ -22,10 +22,10 @@ Model arguments: `pretrained` (a local Hugging Face-format LLaVA checkpoint, loa
 `image_llavolta.checkpoint.load_pretrained`), `tokenizer` (default: `pretrained`), `compression` (`from_config`: the
 checkpoint's own spec, default; `none`; or `K:S[:method]` for test-time compression: lmms-eval splits its model
 arguments on commas, so `2:8` stands for `2,8`), `batch_size`, `device`, `dtype` (auto: bfloat16 on a GPU, float32
-on CPU), `template` (conversation template, default vicuna_v1).
+on CPU), `template` (conversation template; default: the one the checkpoint records, else vicuna_v1).
 
 Requests are answered as LLaVA-1.5 evaluates: one "<image>\\n" per visual in front of the task's text unless the
-text already holds "<image>" placeholders, the vicuna_v1 template, images padded to a square, greedy decoding
+text already holds "<image>" placeholders, the checkpoint's template (vicuna_v1 for LLaVA-1.5), images padded to a square, greedy decoding
 (a task's sampling settings are ignored, with a warning), visual placeholder ids never generated, the output cut
 at the task's `until` strings. `loglikelihood` scores a continuation after the rendered prompt (the continuation is
 tokenized on its own, without special tokens); its logits come from the compressed forward when compression is
@@ -47,7 +47,7 @@ from PIL import Image
 from .compression import CompressionSpec
 from .compression.models import FROM_CONFIG
 from .configs import placeholder_tokens
-from .conversation import get_template, tokenize_prompt
+from .conversation import resolve_template, tokenize_prompt
 from .generation import generate_answers, generation_config, parse_compression, resolve_compression
 from .inputs import load_image
 
@@ -96,7 +96,7 @@ class Llavolta(_Base):
     is_simple = True
 
     def __init__(self, pretrained: str, tokenizer: str | None = None, compression=FROM_CONFIG, batch_size=1,
-                 device: str | None = None, dtype: str = "auto", template: str = "vicuna_v1",
+                 device: str | None = None, dtype: str = "auto", template: str | None = None,
                  max_batch_size=None, **unknown):
         if _Base is not object:
             super().__init__()
@@ -117,9 +117,9 @@ class Llavolta(_Base):
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1  # "auto" is not supported: 1
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.template = get_template(template)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained)
         self.model = load_pretrained(pretrained, dtype=getattr(torch, dtype)).to(device).eval()
+        self.template = resolve_template(self.model.config, template)
         self.compression = resolve_compression(self.model, parse_compression_arg(compression))
         self._warned_sampling = False
 

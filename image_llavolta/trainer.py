@@ -18,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 
 from .checkpoint import load_model, read_config
 from .compression import enable_compression
+from .conversation import record_template
 from .schedule import Scheme
 
 
@@ -293,6 +294,7 @@ def run_training(config, model, tokenizer, train_dataset, data_collator, sampler
     if config.scheme_reference_layers:
         scheme = scheme.for_depth(num_layers, config.scheme_reference_layers)
     scheme.check_fits(num_layers)
+    record_template(model.config, config.template)  # the checkpoint answers with the template it learned
     trainable = set_trainable(model, config.phase, config.model.train_vision_towers)
     if config.lora.r:
         model = add_lora(model, config.lora)

@@ -13,7 +13,7 @@ from tiny_tokenizer import word_tokenizer
 
 from image_llavolta.benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
 from image_llavolta.compression import CompressionSpec, enable_compression
-from image_llavolta.conversation import VICUNA_V1, tokenize_prompt
+from image_llavolta.conversation import LLAVA_V1, VICUNA_V1, record_template, tokenize_prompt
 from image_llavolta.evaluate import format_results, main, output_paths, run_benchmark, score_benchmark
 from image_llavolta.inputs import load_image
 
@@ -292,6 +292,28 @@ def test_test_time_compression_reaches_the_model(tmp_path, model, tokenizer, ima
     assert summary["results"]["settings"]["compression"] == spec.to_dict()
     with pytest.raises(ValueError, match="other settings.*compression"):
         run_benchmark(model, tokenizer, GQA_LIKE, questions, images, out, compression=None, limit=6)
+
+
+@torch.no_grad()
+def test_template_from_argument_spec_or_checkpoint(tmp_path, tokenizer, images, questions):
+    recorded = enable_compression(tiny_llava(seed=SEED), None)
+    record_template(recorded.config, "llava_v1")
+    prompt = LLAVA_V1.render([f"<image>\n{QUESTIONS[0]}\n{SUFFIX}"])
+    ids = torch.tensor([tokenize_prompt(tokenizer, prompt, {"<image>": (IMAGE, 16)})])
+    pixels = load_image(os.path.join(images, "img0.png"), recorded.config, pad_to_square=True)[None]
+    out = recorded.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=NEW_TOKENS, do_sample=False,
+                            pad_token_id=0, eos_token_id=2, suppress_tokens=[IMAGE])
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    spec_vicuna = BenchmarkSpec(**{**GQA_LIKE.to_dict(), "template": "vicuna_v1"})
+    cases = [("checkpoint", GQA_LIKE, None, LLAVA_V1), ("spec", spec_vicuna, None, VICUNA_V1),
+             ("argument", spec_vicuna, "llava_v1", LLAVA_V1)]
+    for name, spec, given, template in cases:
+        summary = run_benchmark(recorded, tokenizer, spec, questions, images, tmp_path / name, compression=None,
+                                limit=1, template=given)
+        assert summary["results"]["settings"]["template"] == template.to_dict(), name
+        if template is LLAVA_V1:
+            assert read_jsonl(output_paths(tmp_path / name, "tiny_gqa")["predictions"])[0]["pred"] == expected
 
 
 def test_killed_run_resumes_without_redoing(tmp_path, model, tokenizer, images, questions, reference, monkeypatch):

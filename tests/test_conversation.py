@@ -1,4 +1,5 @@
-"""vicuna_v1 prompts and placeholder expansion: token counts that match the model's vision config."""
+"""vicuna_v1 / llava_v1 prompts, the template a checkpoint records, and placeholder expansion: token counts that
+match the model's vision config."""
 import pytest
 import torch
 from test_towers import tiny
@@ -6,7 +7,10 @@ from tiny_models import FRAMES, pixels
 from tiny_tokenizer import word_tokenizer
 
 from image_llavolta.configs import llava15_config, placeholder_tokens as image_placeholders, tiny_llava_config
-from image_llavolta.conversation import VICUNA_V1, get_template, tokenize_prompt
+from image_llavolta.conversation import (
+    LLAVA_V1, TEMPLATE_KEY, VICUNA_V1, checkpoint_template, get_template, record_template, resolve_template,
+    tokenize_prompt,
+)
 from video_llavolta.configs import placeholder_tokens, tiny_video_llava_config, video_llava_config
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -22,6 +26,34 @@ def test_vicuna_v1_render():
         VICUNA_V1.render(["hi", "hello"])
     with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
         get_template("llama_2")
+
+
+# Video-LLaVA's videollava/conversation.py: conv_llava_v1 differs from conv_vicuna_v1 only in its system message
+# ("human" for "user"); both SeparatorStyle.TWO with sep " ", sep2 "</s>", roles USER / ASSISTANT.
+HUMAN_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def test_llava_v1_is_upstreams_qa_template():
+    assert get_template("llava_v1") is LLAVA_V1
+    assert LLAVA_V1.render(["<video>\nWhat colour?"]) == HUMAN_SYSTEM + " USER: <video>\nWhat colour? ASSISTANT:"
+    assert LLAVA_V1.render(["hi", "hello", "more?"]) == HUMAN_SYSTEM + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
+    assert LLAVA_V1.to_dict() == {"name": "llava_v1", "system": HUMAN_SYSTEM, "roles": ["USER", "ASSISTANT"],
+                                  "sep": " ", "sep2": "</s>"}
+
+
+def test_checkpoint_records_its_template():
+    config = tiny_video_llava_config()
+    assert checkpoint_template(config) is VICUNA_V1  # nothing recorded: the training template
+    record_template(config, "llava_v1")
+    assert getattr(config, TEMPLATE_KEY) == "llava_v1" and checkpoint_template(config) is LLAVA_V1
+    assert resolve_template(config) is LLAVA_V1  # the default at inference
+    assert resolve_template(config, "vicuna_v1") is VICUNA_V1 and resolve_template(config, VICUNA_V1) is VICUNA_V1
+    with pytest.raises(ValueError, match="unknown conversation template 'chatml'"):
+        record_template(config, "chatml")
+    setattr(config, TEMPLATE_KEY, "chatml")
+    with pytest.raises(ValueError, match="llavolta_template: unknown conversation template 'chatml'"):
+        checkpoint_template(config)
 
 
 def test_real_model_token_counts():

@@ -426,6 +426,9 @@ def test_probe_cli_end_to_end_and_resumed(tmp_path, checkpoint, data, reference,
     # Other settings into the same folder: refused with exit code 2.
     assert probe_main([*argv[:-4], "--max-new-tokens", "3", "--batch-size", "2"]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert sweep["settings"]["template"]["name"] == "vicuna_v1"  # the checkpoint records none
+    assert probe_main([*argv, "--template", "llava_v1"]) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
 def test_probe_cli_bad_grid_is_a_clear_error(tmp_path, checkpoint, data, capsys):

@@ -14,7 +14,7 @@ from tiny_tokenizer import word_tokenizer
 
 from data_prep.synthetic import make_synthetic
 from image_llavolta.compression import CompressionSpec, enable_compression
-from image_llavolta.conversation import VICUNA_V1
+from image_llavolta.conversation import LLAVA_V1, VICUNA_V1, record_template
 from video_llavolta.data import frame_dir_name
 from video_llavolta.frames import read_frames, write_frame_dir
 from video_llavolta.inputs import encode_sample
@@ -156,6 +156,37 @@ def test_rerun_with_other_settings_is_refused(tmp_path, data, model, tokenizer):
         run_inference(model, tokenizer, qa, out, data["videos"], max_new_tokens=2, compression=CompressionSpec(2, 4))
     with pytest.raises(ValueError, match="other settings.*generation"):
         run_inference(model, tokenizer, qa, out, data["videos"], max_new_tokens=3, compression=None)
+
+
+@torch.no_grad()
+def test_the_checkpoints_template_is_the_default_and_template_overrides_it(tmp_path, data, tokenizer):
+    recorded = tiny(temporal=False, seed=SEED)
+    record_template(recorded.config, "llava_v1")  # what a converted Video-LLaVA release records
+    records = data["records"][:2]
+    qa = tmp_path / "qa.jsonl"
+    write_jsonl(qa, records)
+
+    def one_by_one(template):
+        answers = {}
+        for r in records:
+            sample = encode_sample(tokenizer, recorded.config, template.render(["<video>\n" + r["question"]]),
+                                   [os.path.join(data["videos"], r["video"])])
+            ids = torch.tensor([sample["input_ids"]])
+            out = recorded.generate(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"],
+                                    max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=2,
+                                    suppress_tokens=[IMAGE, VIDEO])
+            answers[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        return answers
+
+    for name, template, given in (("default", LLAVA_V1, None), ("override", VICUNA_V1, "vicuna_v1")):
+        out = str(tmp_path / f"{name}.jsonl")
+        run_inference(recorded, tokenizer, qa, out, data["videos"], max_new_tokens=NEW_TOKENS, compression=None,
+                      template=given)
+        assert {p["question_id"]: p["pred"] for p in read_jsonl(out)} == one_by_one(template)
+        assert settings_of(out)["settings"]["template"] == template.to_dict()
+    with pytest.raises(ValueError, match="other settings.*template"):
+        run_inference(recorded, tokenizer, qa, str(tmp_path / "default.jsonl"), data["videos"],
+                      max_new_tokens=NEW_TOKENS, compression=None, template="vicuna_v1")
 
 
 def test_unreadable_videos_are_failures_and_frame_dirs_are_used(tmp_path, data, model, tokenizer, reference):

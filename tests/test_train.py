@@ -52,6 +52,7 @@ def test_each_stage_runs_its_spec_and_the_checkpoint_carries_the_last(synthetic,
     assert saved["stages"] == report["stages"]
     model = load_pretrained(tmp_path / "run")
     assert model.compression_spec is None  # the last stage's setting
+    assert model.config.llavolta_template == "vicuna_v1"  # the template it trained with, default at inference
 
 
 def test_boundaries_do_not_move_with_gradient_accumulation(synthetic, tmp_path):

@@ -24,7 +24,7 @@ Output in --out:
 Resuming: a rerun skips points already in sweep.json, retries failed ones (a point that fails is recorded with its
 error, and the sweep goes on), and continues a point's predictions where they stopped; the attention profile is
 reused when attention.json was made with the same settings (else recomputed). A rerun with other sweep settings
-(model, QA file, --limit, judge, --max-new-tokens) into the same folder is refused; exit code 1 says a point failed.
+(model, QA file, --limit, template, judge, --max-new-tokens) into the same folder is refused; exit code 1 says a point failed.
 The PNGs need matplotlib (`pip install -e .[plot]`); without it the JSON is written and a one-line hint printed.
 Offline-judged accuracies are string matches, not comparable with GPT-judged ones.
 """
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from image_llavolta.generation import add_model_arguments, load_for_generation
 from image_llavolta.jsonio import write_jsonl
 from image_llavolta.compression import CompressionSpec
-from image_llavolta.conversation import VICUNA_V1, Template
+from image_llavolta.conversation import Template, resolve_template
 from image_llavolta.plots import save_plots
 from image_llavolta.probe import (
     attention_profile, point_name, prompt_regions, read_json, run_sweep, sweep_grid, visual_token_ids,
@@ -98,8 +98,9 @@ def _evaluator(model, tokenizer, qa_path: str, out_dir: str, video_root, frames_
 
 
 def probe_attention(model, tokenizer, records: Sequence[dict], video_root, frames_root=None,
-                    template: Template = VICUNA_V1, batch_size: int = 1) -> dict:
+                    template: Template | str | None = None, batch_size: int = 1) -> dict:
     """The attention profile over `records` (QA records); questions whose video fails to load are skipped."""
+    template = resolve_template(model.config, template)
     samples, used, skipped = [], [], []
     visual = visual_token_ids(model.config)
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None),
@@ -139,12 +140,16 @@ def run_probe(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     method: str = "avgpool",
-    template: Template = VICUNA_V1,
+    template: Template | str | None = None,
     lines_per: str = "layer",
     plots: bool = True,
 ) -> dict:
-    """Sweep and attention profile of `model` on a QA file into `out_dir`; returns {"sweep", "attention", "plots"}."""
+    """Sweep and attention profile of `model` on a QA file into `out_dir`; returns {"sweep", "attention", "plots"}.
+
+    `template`: a `Template` or its name; None takes the one the checkpoint records (`llavolta_template`).
+    """
     out_dir = os.fspath(out_dir)
+    template = resolve_template(model.config, template)
     num_layers = model.config.text_config.num_hidden_layers
     points = sweep_grid(layers, strides, num_layers, method=method)  # bad K or S: an error before any work
     if attention_samples < 0:
@@ -157,7 +162,7 @@ def run_probe(
         write_jsonl(qa_used, records)
     name = getattr(model, "name_or_path", "") or ""
     common = {"model": os.path.abspath(name) if name and os.path.isdir(name) else name,
-              "qa": os.path.abspath(qa_path), "limit": limit, "template": template.system,
+              "qa": os.path.abspath(qa_path), "limit": limit, "template": template.to_dict(),
               "num_frames": num_frames(model.config)}
 
     evaluate = _evaluator(model, tokenizer, qa_used, out_dir, video_root, frames_root, judge, batch_size,
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_probe(model, tokenizer, args.qa, args.out, args.video_root, args.layers, args.strides, judge,
                            frames_root=args.frames_root, limit=args.limit, attention_samples=args.attention_samples,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, method=args.method,
-                           lines_per=args.lines_per)
+                           template=args.template, lines_per=args.lines_per)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

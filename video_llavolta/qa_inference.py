@@ -5,16 +5,18 @@
     python -m video_llavolta.qa_inference merge --qa msvd_qa.jsonl --out preds.jsonl --world-size 8
 
 Input: the unified QA JSONL of `data_prep convert-qa` (`{"question_id", "video", "question", "answer"}`, the
-synthetic test split adds "type"). The prompt is `template.render(["<video>\\n" + question])`; the video is read
-from its frame directory `frames_root/<video_id>` when finished (`data_prep extract-frames`), else decoded from
-`video_root/<video>`. Decoding is greedy (`do_sample=False`, one beam), batched with left padding; the compression
-spec is the checkpoint's (`"from_config"`), none, or any `CompressionSpec` (test-time compression).
+synthetic test split adds "type"). The prompt is `template.render(["<video>\\n" + question])` with the template the
+checkpoint records (`llavolta_template`: `llava_v1` for a converted Video-LLaVA release, as its video-QA script
+answers) unless `--template` names another; the video is read from its frame directory `frames_root/<video_id>`
+when finished (`data_prep extract-frames`), else decoded from `video_root/<video>`. Decoding is greedy
+(`do_sample=False`, one beam), batched with left padding; the compression spec is the checkpoint's
+(`"from_config"`), none, or any `CompressionSpec` (test-time compression).
 
 Output, next to `out` (`preds.jsonl`; with W ranks each rank r writes `preds.rank<r>-of-<W>.jsonl`):
 
     preds.jsonl                {"question_id", "question", "answer", "pred"} (+ "type", "video" when present)
     preds.failures.jsonl       questions whose video failed to load, with the reason: counted as missing
-    preds.settings.json        model, compression, frames, prompt and generation settings, counts
+    preds.settings.json        model, compression, frames, short-clip policy, template, generation settings, counts
 
 Resuming: predictions are appended and flushed batch by batch, so a killed run loses at most the batch in flight;
 a rerun skips the question ids already written (a cut-off last line is dropped) and retries the failed ones.
@@ -40,7 +42,7 @@ import transformers
 
 from image_llavolta.compression import CompressionSpec
 from image_llavolta.compression.models import FROM_CONFIG
-from image_llavolta.conversation import VICUNA_V1, Template
+from image_llavolta.conversation import Template, resolve_template
 from image_llavolta.generation import (  # the shared loop; re-exported here for the video harness's callers
     add_model_arguments,
     answer_questions,
@@ -107,16 +109,20 @@ def run_inference(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     compression: CompressionSpec | None | str = FROM_CONFIG,
-    template: Template = VICUNA_V1,
+    template: Template | str | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Answer this rank's share of a QA file into `shard_path(out_path, rank, world_size)`; returns a summary."""
+    """Answer this rank's share of a QA file into `shard_path(out_path, rank, world_size)`; returns a summary.
+
+    `template`: a `Template` or its name; None takes the one the checkpoint records (`llavolta_template`).
+    """
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shard = read_qa(qa_path)[rank::world_size]
+    template = resolve_template(model.config, template)
     spec = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens)
     settings = _settings(model, tokenizer, compression, spec, template, generation, rank, world_size)
@@ -203,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
         model, tokenizer = load_for_generation(args, load_pretrained)
         summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
-                                args.batch_size, args.max_new_tokens, args.compression, rank=rank,
-                                world_size=world_size)
+                                args.batch_size, args.max_new_tokens, args.compression, template=args.template,
+                                rank=rank, world_size=world_size)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
