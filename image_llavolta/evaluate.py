@@ -9,7 +9,7 @@
 The benchmark spec (`image_llavolta.benchmarks`) gives the answer type, the prompt suffix, the metric and the
 question file's layout; `image_llavolta.scoring` says how answers are parsed and scored. Generation is greedy,
 batched with left padding and resumable (`image_llavolta.generation`); images are padded to a square with the CLIP
-mean colour, as LLaVA-1.5 evaluates.
+mean colour, as LLaVA-1.5 evaluates, and processed in the model's preprocessing mode (`image_llavolta.processing`).
 
 Files in `--out`, named after the benchmark (`gqa` here):
 
@@ -55,6 +55,7 @@ from .generation import (
 )
 from .jsonio import read_failures, read_jsonl, settings_path, write_json, write_jsonl
 from .inputs import load_image
+from .processing import preprocessing_mode
 from .scoring import exact_match, extract_choice, normalize_answer, parse_yes_no, summarize, vqa_accuracy
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compressio
     """What determines the predictions: a rerun into the same file must match it."""
     return run_settings(model, tokenizer, compression_arg, compression, template, generation, rank,
                         world_size, benchmark={k: v for k, v in spec.to_dict().items() if k != "description"},
-                        image_processing={"size": model.config.vision_config.image_size, "pad_to_square": True})
+                        image_processing={"size": model.config.vision_config.image_size, "pad_to_square": True,
+                                          "mode": preprocessing_mode(model.config)})
 
 
 def run_benchmark(

@@ -8,20 +8,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .processing import process_image
+from .processing import preprocessing_mode, process_image
 
 Media = str | os.PathLike | np.ndarray | Image.Image
 
 
 def load_image(image: Media, config, pad_to_square: bool = True) -> torch.Tensor:
-    """(3, S, S) pixels of an image file, PIL image or H×W×3 uint8 array (LLaVA-1.5's "pad" aspect by default)."""
+    """(3, S, S) pixels of an image file, PIL image or H×W×3 uint8 array ("pad" aspect by default), processed in
+    the model config's preprocessing mode."""
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
                 image = opened.convert("RGB")
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read image {image}: {err}") from None
-    return process_image(image, size=config.vision_config.image_size, pad_to_square=pad_to_square)
+    return process_image(image, size=config.vision_config.image_size, pad_to_square=pad_to_square,
+                         mode=preprocessing_mode(config))
 
 
 def collate(samples: Sequence[dict], pad_token_id: int, padding_side: str = "left") -> dict:

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from image_llavolta.processing import CLIP_MEAN, CLIP_STD, PAD_COLOR, expand2square, process_image, process_images
+from image_llavolta.processing import (
+    CLIP_MEAN, CLIP_STD, PAD_COLOR, PREPROCESSING_KEY, expand2square, preprocessing_mode, process_image, process_images,
+)
 from video_llavolta.processing import process_frames
 
 MEAN = np.array(CLIP_MEAN, np.float32)
@@ -153,3 +155,82 @@ def test_process_frames_flip_and_validation():
         process_frames(frames.astype(np.float32))
     with pytest.raises(ValueError):
         process_frames(frames[0])
+
+
+# --- LanguageBind's image transform ---------------------------------------------------------------
+
+
+def cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of torchvision's tensor bicubic resize without antialias: Keys' kernel (a = -0.75) at
+    half-pixel centres, src = (dst + 0.5) * n_in / n_out - 0.5, taps outside the image clamped to the border."""
+    a = -0.75
+
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        if x < 2:
+            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+        return 0.0
+
+    w = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        base = int(np.floor(src))
+        for tap in range(base - 1, base + 3):
+            w[i, min(max(tap, 0), n_in - 1)] += kernel(src - tap)
+    return w
+
+
+def languagebind_reference(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    """LanguageBind's ToTensor -> Resize(size, BICUBIC) -> CenterCrop(size) -> Normalize, as matrix products."""
+    h, w = image.shape[:2]
+    new_h, new_w = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+    x = image.astype(np.float64) / 255.0
+    if (new_h, new_w) != (h, w):
+        rows, cols = cubic_weights(h, new_h), cubic_weights(w, new_w)
+        x = np.stack([rows @ x[..., c] @ cols.T for c in range(3)], axis=-1)
+    top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
+    x = (x[top : top + size, left : left + size] - MEAN) / STD
+    return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("height,width", [(300, 400), (401, 233), (224, 303), (97, 150), (256, 256)])
+def test_languagebind_mode_matches_its_tensor_transform(height, width):
+    """Video-LLaVA's languagebind/image/processing_image.py: transforms.ToTensor(), Resize(224, BICUBIC) on the
+    tensor (torchvision 0.15.2, pinned by Video-LLaVA: tensors are resized without antialias), CenterCrop(224)
+    (offsets int(round(...))), Normalize(OpenAI CLIP mean/std)."""
+    image = random_image(height, width, seed=height)
+    ours = process_image(image, mode="languagebind")
+    torch.testing.assert_close(ours, languagebind_reference(image), atol=1e-4, rtol=0)  # float32 vs float64
+
+
+def test_languagebind_crop_rounds_and_clip_crop_floors():
+    image = random_image(224, 303, seed=7)  # no resize; (303 - 224) / 2 = 39.5: round -> 40, floor -> 39
+    assert torch.equal(process_image(image, mode="languagebind"), normalize_hwc(image[:, 40:264]))
+    assert torch.equal(process_image(image, mode="clip"), normalize_hwc(image[:, 39:263]))
+
+
+def test_the_two_modes_differ_on_large_images():
+    image = random_image(900, 1200, seed=8)  # PIL's antialiased filter averages the noise; the tensor resize doesn't
+    gap = (process_image(image, mode="languagebind") - process_image(image, mode="clip")).abs().max().item()
+    assert gap > 0.3
+
+
+def test_mode_comes_from_the_model_config():
+    from image_llavolta.configs import tiny_llava_config
+    from image_llavolta.inputs import load_image
+    from video_llavolta.configs import tiny_video_llava_config
+
+    image = random_image(50, 70, seed=9)
+    llava, video = tiny_llava_config(), tiny_video_llava_config()
+    assert (preprocessing_mode(llava), preprocessing_mode(video)) == ("clip", "languagebind")
+    assert torch.equal(load_image(image, video), process_image(image, 28, pad_to_square=True, mode="languagebind"))
+    assert torch.equal(load_image(image, llava), process_image(image, 28, pad_to_square=True, mode="clip"))
+    setattr(video, PREPROCESSING_KEY, "clip")
+    assert preprocessing_mode(video) == "clip"
+    setattr(video, PREPROCESSING_KEY, "pil")
+    with pytest.raises(ValueError, match="llavolta_image_preprocessing 'pil'"):
+        preprocessing_mode(video)
+    with pytest.raises(ValueError, match="unknown image preprocessing mode 'pil'"):
+        process_image(image, mode="pil")

@@ -201,8 +201,9 @@ def test_samples_have_labels_and_pixels(data, tokenizer, model):
     image, two_images = ds[INDEX["img-one"]], ds[INDEX["img-two"]]
     assert image["modality"] == "image" and "pixel_values_videos" not in image
     assert two_images["pixel_values"].shape == (2, 3, 28, 28)
-    with Image.open(data / "images" / "sq.jpg") as im:  # LLaVA-1.5's "pad" to square, then resize
-        assert torch.equal(two_images["pixel_values"][1], process_image(im.convert("RGB"), 28, pad_to_square=True))
+    with Image.open(data / "images" / "sq.jpg") as im:  # "pad" to square, then LanguageBind's transform
+        assert torch.equal(two_images["pixel_values"][1],
+                           process_image(im.convert("RGB"), 28, pad_to_square=True, mode="languagebind"))
     text = ds[INDEX["text-only"]]
     assert text["modality"] == "text" and not {"pixel_values", "pixel_values_videos"} & set(text)
 

@@ -8,7 +8,8 @@ result up to float rounding.
 Flipping is an opt-in training augmentation: `flip=True` mirrors horizontally, the default never does, and
 nothing here is random; the caller decides (e.g. `flip=rng.random() < 0.5`). Evaluation never flips.
 (Video-LLaVA's video transform flips at random even at evaluation time; we don't copy that.)
-Images use `image_llavolta.processing.process_image` (bicubic, as LLaVA-1.5).
+Images use `image_llavolta.processing` in LanguageBind's mode for Video-LLaVA models (bicubic on the float
+tensor, no antialias).
 """
 from __future__ import annotations
 
