@@ -63,8 +63,15 @@ def test_index_formula_by_hand():
     assert sample_indices(1, 3) == [0, 0, 0]
 
 
-def test_short_clip_repeats_last_frame():
-    assert sample_indices(5, 8) == [0, 1, 2, 3, 4, 4, 4, 4]
+def test_short_clip_policies():
+    """Video-LLaVA's processing_video.py samples np.linspace(0, duration - 1, num_frames, dtype=int) for every clip,
+    however short: 5 frames, 8 asked -> linspace(0, 4, 8) = 0, .57, 1.14, 1.71, 2.29, 2.86, 3.43, 4 -> truncated."""
+    assert sample_indices(5, 8) == [0, 0, 1, 1, 2, 2, 3, 4]  # the default: upstream's
+    assert sample_indices(5, 8, short_clip="linspace") == [0, 0, 1, 1, 2, 2, 3, 4]
+    assert sample_indices(5, 8, short_clip="repeat_last") == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert sample_indices(100, 8, short_clip="repeat_last") == sample_indices(100, 8)  # long clips: the same
+    with pytest.raises(ValueError, match="short_clip must be one of"):
+        sample_indices(5, 8, short_clip="loop")
 
 
 def test_start_end_window_by_hand():
@@ -73,7 +80,8 @@ def test_start_end_window_by_hand():
     assert sample_indices(300, 4, fps=30, start=9) == [270, 279, 289, 299]
     assert sample_indices(300, 2, fps=30, end=1) == [0, 29]
     # a 0.1 s window holds 3 frames (30, 31, 32): the short-clip policy applies inside it
-    assert sample_indices(300, 5, fps=30, start=1.0, end=1.1) == [30, 31, 32, 32, 32]
+    assert sample_indices(300, 5, fps=30, start=1.0, end=1.1) == [30, 30, 31, 31, 32]
+    assert sample_indices(300, 5, fps=30, start=1.0, end=1.1, short_clip="repeat_last") == [30, 31, 32, 32, 32]
 
 
 @pytest.mark.parametrize(
@@ -171,13 +179,35 @@ def test_overstated_frame_count_resamples_real_frames(tmp_path):
 @pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "pyav"])
 def test_short_clip_warns_and_repeats_last_frame(clips, backend):
     path, src = clips["libx264", 8]
-    with pytest.warns(ShortVideoWarning, match=r"8 frames available, 12 asked for") as record:
-        s = read_frames(path, 12, backend=backend)
+    with pytest.warns(ShortVideoWarning, match=r"8 frames available, 12 asked for; short_clip='repeat_last'") as record:
+        s = read_frames(path, 12, backend=backend, short_clip="repeat_last")
     assert str(path) in str(record[0].message)
     assert s.indices == list(range(8)) + [7, 7, 7, 7]
     assert s.frames.shape == (12, H, W, 3)
     assert all(np.array_equal(s.frames[i], s.frames[7]) for i in range(8, 12))
     assert identify(s.frames[:8], src) == list(range(8))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "pyav"])
+def test_short_clip_samples_linspace_by_default(clips, backend):
+    path, src = clips["libx264", 8]
+    with pytest.warns(ShortVideoWarning, match=r"short_clip='linspace'"):
+        s = read_frames(path, 12, backend=backend)
+    assert s.indices == np.linspace(0, 7, 12, dtype=int).tolist() == [0, 0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7]
+    assert identify(s.frames, src) == s.indices
+
+
+@pytest.mark.parametrize("written", ["linspace", "repeat_last"])
+def test_short_clip_frame_dir_is_resampled_with_the_policy_asked_for(clips, tmp_path, written):
+    path, src = clips["libx264", 8]
+    with pytest.warns(ShortVideoWarning):
+        sampled = read_frames(path, 12, backend="pyav", short_clip=written)
+    frame_dir = write_frame_dir(tmp_path / "short", sampled, fmt="npy")
+    for policy in ("linspace", "repeat_last"):
+        with pytest.warns(ShortVideoWarning):
+            s = read_frames(frame_dir, 12, short_clip=policy)
+        assert s.indices == sample_indices(8, 12, short_clip=policy)
+        assert identify(s.frames, src) == s.indices
 
 
 def test_no_warning_when_enough_frames(clips):

@@ -45,6 +45,24 @@ def test_video_question_to_generation(tmp_path):
         assert out[row, -3:].tolist() == alone[0, -3:].tolist()
 
 
+def test_short_clips_follow_the_models_policy(tmp_path):
+    from video_llavolta.frames import ShortVideoWarning
+    from video_llavolta.inputs import load_video
+
+    clip = tmp_path / "short.mp4"
+    frames = moving_squares(5, height=40, width=56)
+    write_video(clip, frames)
+    decoded = read_frames(clip, 5).frames  # every frame once
+    config = tiny(temporal=False).config
+    size = config.vision_config.image_size
+    for policy, indices in ((None, [0, 0, 1, 1, 2, 2, 3, 4]), ("repeat_last", [0, 1, 2, 3, 4, 4, 4, 4])):
+        if policy:
+            config.llavolta_short_clip = policy
+        with pytest.warns(ShortVideoWarning):
+            pixels = load_video(clip, config)
+        assert torch.equal(pixels, process_frames(decoded[indices], size=size)), policy
+
+
 def test_placeholder_media_mismatch_is_an_error(tmp_path):
     model, tokenizer = tiny(temporal=False), word_tokenizer(96)
     with pytest.raises(ValueError, match=r"1 <video> placeholder\(s\) but 0 were given"):

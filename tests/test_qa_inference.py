@@ -109,6 +109,7 @@ def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, toke
     assert settings["compression"] == (None if spec is None else spec.to_dict())
     assert settings["compression_from"] == ("from_config" if compression == "from_config" else "argument")
     assert settings["num_frames"] == 8 and settings["prompt"] == "<video>\\n{question}"
+    assert settings["short_clip"] == "linspace" and settings["template"]["name"] == "vicuna_v1"
     assert settings["generation"]["do_sample"] is False and settings["generation"]["max_new_tokens"] == NEW_TOKENS
 
 

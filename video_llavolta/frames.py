@@ -6,9 +6,13 @@ Sampling. Video-LLaVA feeds T frames taken uniformly over a clip:
 during [start, end]: frame i is on screen from i/fps to (i+1)/fps, so the window is
 floor(start*fps) .. ceil(end*fps)-1, clipped to the clip.
 
-Short clips. A clip (or window) with n < T frames gives every frame once and then the last frame
-repeated up to T: indices [0, 1, ..., n-1, n-1, ..., n-1]. The model always gets exactly T frames
-in time order, and `read_frames` emits a `ShortVideoWarning` naming the path and the counts.
+Short clips. A clip (or window) with n < T frames is sampled by one of two named policies
+(`SHORT_CLIP_POLICIES`): "linspace", upstream's (Video-LLaVA applies the same ``linspace`` to every
+clip, so indices repeat: n=5, T=8 gives [0, 0, 1, 1, 2, 2, 3, 4]), the default; or "repeat_last",
+every frame once and then the last one repeated up to T: [0, 1, 2, 3, 4, 4, 4, 4]. The model
+always gets exactly T frames in time order, and `read_frames` emits a `ShortVideoWarning` naming the
+path, the counts and the policy. A model config names its policy in `llavolta_short_clip`
+(`video_llavolta.modeling.short_clip_policy`).
 
 Backends. ``backend="auto"`` reads a directory as a frame directory and a file with decord (random
 access: it seeks to the keyframe before each index instead of decoding the whole clip), falling back
@@ -36,6 +40,8 @@ temporary sibling (``.<name>.<random>.tmp``), with frames.json last, and renamed
 killed job never leaves a directory that looks finished (only a ``.tmp`` sibling to delete).
 Reading a directory with T stored frames returns them; with more, ``np.linspace(0, stored-1, T,
 dtype=int)`` of them; with fewer, a ValueError (frames that were never stored can't be recovered).
+A short clip's directory holds every frame of the clip (either policy repeats frames, never skips
+one), so it is re-sampled with the policy asked for, whichever policy wrote it.
 
 Errors. Every failure to read a video is a `VideoError` carrying the path as ``.path``:
 `VideoNotFoundError` (also a FileNotFoundError), `VideoDecodeError` (not a video, no backend can
@@ -58,6 +64,8 @@ from dataclasses import dataclass
 import numpy as np
 
 BACKENDS = ("auto", "decord", "pyav", "frames")
+SHORT_CLIP_POLICIES = ("linspace", "repeat_last")
+DEFAULT_SHORT_CLIP = "linspace"  # Video-LLaVA's
 FRAME_FORMATS = ("jpg", "npy")
 # FFmpeg's tty/bintext demuxers render text files as "ANSI art" video; a text file is not a clip.
 _TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
@@ -89,7 +97,7 @@ class EmptyVideoError(VideoError):
 
 
 class ShortVideoWarning(UserWarning):
-    """The clip has fewer frames than asked for; the last frame is repeated up to num_frames."""
+    """The clip has fewer frames than asked for; some frames are repeated (see the short-clip policies)."""
 
 
 @dataclass
@@ -110,17 +118,24 @@ def sample_indices(
     fps: float | None = None,
     start: float | None = None,
     end: float | None = None,
+    short_clip: str = DEFAULT_SHORT_CLIP,
 ) -> list[int]:
     """Video-LLaVA's uniform frame indices over the clip, or over [start, end] seconds."""
     if total < 1:
         raise ValueError(f"total must be >= 1, got {total}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    _check_policy(short_clip)
     first, last = _window(total, fps, start, end)
     available = last - first + 1
-    if available < num_frames:  # short clip: every frame once, then the last one repeated
+    if available < num_frames and short_clip == "repeat_last":
         return list(range(first, last + 1)) + [last] * (num_frames - available)
     return np.linspace(first, last, num_frames, dtype=int).tolist()
+
+
+def _check_policy(short_clip: str) -> None:
+    if short_clip not in SHORT_CLIP_POLICIES:
+        raise ValueError(f"short_clip must be one of {SHORT_CLIP_POLICIES}, got {short_clip!r}")
 
 
 def _window(total: int, fps: float | None, start: float | None, end: float | None) -> tuple[int, int]:
@@ -149,10 +164,12 @@ def read_frames(
     start: float | None = None,
     end: float | None = None,
     backend: str = "auto",
+    short_clip: str = DEFAULT_SHORT_CLIP,
 ) -> SampledFrames:
     """Sample ``num_frames`` RGB frames uniformly from a video file or a frame directory."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    _check_policy(short_clip)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = os.fspath(path)
@@ -162,40 +179,37 @@ def read_frames(
     if os.path.isdir(path):
         if backend not in ("auto", "frames"):
             raise VideoDecodeError(path, f"is a directory; backend={backend!r} reads video files")
-        sampled = _read_frame_dir(path, num_frames, start, end)
+        sampled = _read_frame_dir(path, num_frames, start, end, short_clip)
     elif backend == "frames":
         raise VideoDecodeError(path, "backend='frames' reads frame directories, this is a file")
-    elif backend == "pyav":
-        sampled = _read_pyav(path, num_frames, start, end)
-    elif backend == "decord":
-        sampled = _read_decord(path, num_frames, start, end)
     else:
-        sampled = _read_auto(path, num_frames, start, end)
+        reader = {"pyav": _read_pyav, "decord": _read_decord, "auto": _read_auto}[backend]
+        sampled = reader(path, num_frames, start, end, short_clip)
 
     distinct = len(set(sampled.indices))
     if distinct < num_frames:
+        how = ("every frame once, the last one repeated" if short_clip == "repeat_last"
+               else "linspace over them, so frames repeat")
         warnings.warn(
-            ShortVideoWarning(
-                f"{path}: {distinct} frames available, {num_frames} asked for; "
-                f"using every frame once and repeating the last one {num_frames - distinct} times"
-            ),
+            ShortVideoWarning(f"{path}: {distinct} frames available, {num_frames} asked for; "
+                              f"short_clip={short_clip!r}: {how}"),
             stacklevel=2,
         )
     return sampled
 
 
-def _read_auto(path: str, num_frames: int, start, end) -> SampledFrames:
+def _read_auto(path: str, num_frames: int, start, end, short_clip: str) -> SampledFrames:
     """decord when importable and able to read the file, else PyAV."""
     try:
-        return _read_decord(path, num_frames, start, end)
+        return _read_decord(path, num_frames, start, end, short_clip)
     except VideoError as decord_err:  # not installed, can't open, or failed mid-read: PyAV decides
         try:
-            return _read_pyav(path, num_frames, start, end)
+            return _read_pyav(path, num_frames, start, end, short_clip)
         except VideoDecodeError as err:
             raise VideoDecodeError(path, f"{err.message}; decord: {decord_err.message}") from err
 
 
-def _read_decord(path: str, num_frames: int, start, end) -> SampledFrames:
+def _read_decord(path: str, num_frames: int, start, end, short_clip: str) -> SampledFrames:
     """Random access with decord: get_batch seeks to each index instead of decoding everything."""
     try:
         import decord
@@ -208,7 +222,7 @@ def _read_decord(path: str, num_frames: int, start, end) -> SampledFrames:
         raise VideoDecodeError(path, f"decord cannot open it ({_first_line(err)})") from err
     if total == 0:
         raise EmptyVideoError(path, "decord found no frames")
-    indices = sample_indices(total, num_frames, fps, start, end)
+    indices = sample_indices(total, num_frames, fps, start, end, short_clip)
     try:
         frames = vr.get_batch(indices).asnumpy()
     except Exception as err:
@@ -218,7 +232,7 @@ def _read_decord(path: str, num_frames: int, start, end) -> SampledFrames:
     return SampledFrames(frames, indices, total, fps, "decord", path)
 
 
-def _read_pyav(path: str, num_frames: int, start, end) -> SampledFrames:
+def _read_pyav(path: str, num_frames: int, start, end, short_clip: str) -> SampledFrames:
     """Sequential decoding with PyAV, stopping after the last needed frame."""
     with _open_av(path) as container:
         stream = _video_stream(container, path)
@@ -230,7 +244,7 @@ def _read_pyav(path: str, num_frames: int, start, end) -> SampledFrames:
     for _ in range(2):
         if total == 0:
             raise EmptyVideoError(path, "video stream has no decodable frames")
-        indices = sample_indices(total, num_frames, fps, start, end)
+        indices = sample_indices(total, num_frames, fps, start, end, short_clip)
         kept, decoded = _decode_av(path, set(indices), max(indices))
         if decoded > max(indices):
             return SampledFrames(_stack(path, [kept[i] for i in indices]), indices, total, fps, "pyav", path)
@@ -375,7 +389,7 @@ def _save_frame(path: str, frame: np.ndarray, fmt: str, quality: int) -> None:
         Image.fromarray(frame).save(path, format="JPEG", quality=quality)
 
 
-def _read_frame_dir(path: str, num_frames: int, start, end) -> SampledFrames:
+def _read_frame_dir(path: str, num_frames: int, start, end, short_clip: str) -> SampledFrames:
     """Read num_frames frames from a frame directory (see the module docstring for the layout)."""
     if start is not None or end is not None:
         raise ValueError(f"{path}: start/end can't be applied to an already sampled frame directory")
@@ -394,12 +408,21 @@ def _read_frame_dir(path: str, num_frames: int, start, end) -> SampledFrames:
         raise VideoDecodeError(meta_path, f"corrupt frames.json ({err})") from err
 
     stored = len(indices)
-    if stored < num_frames:
+    distinct = sorted(set(indices))
+    if len(distinct) < num_frames and distinct[-1] - distinct[0] + 1 == len(distinct):
+        # every frame of a short clip is stored: sample them again with the policy asked for
+        first_position = {index: p for p, index in reversed(list(enumerate(indices)))}
+        positions = [first_position[distinct[i]] for i in sample_indices(len(distinct), num_frames,
+                                                                          short_clip=short_clip)]
+    elif stored < num_frames:
         raise ValueError(
             f"{path}: frame directory holds {stored} frames but {num_frames} were asked for; "
             f"re-extract it with num_frames >= {num_frames}"
         )
-    positions = list(range(stored)) if stored == num_frames else np.linspace(0, stored - 1, num_frames, dtype=int).tolist()
+    elif stored == num_frames:
+        positions = list(range(stored))
+    else:
+        positions = np.linspace(0, stored - 1, num_frames, dtype=int).tolist()
     frames = [_load_frame(os.path.join(path, f"{p:04d}.{fmt}"), fmt) for p in positions]
     return SampledFrames(_stack(path, frames), [indices[p] for p in positions], total, fps, "frames", source)
 

@@ -12,18 +12,23 @@ from image_llavolta.inputs import collate, load_image
 
 from .configs import placeholder_tokens
 from .frames import SampledFrames, read_frames
-from .modeling import num_frames
+from .modeling import num_frames, short_clip_policy
 from .processing import process_frames
 
-__all__ = ["Media", "collate", "encode_sample", "load_image", "load_video"]  # collate and load_image: the image side's
+__all__ = ["Media", "collate", "encode_sample", "load_image", "load_video", "read_video"]  # collate and load_image: the image side's
 
 Media = ImageMedia | SampledFrames
+
+
+def read_video(source: str | os.PathLike, config) -> SampledFrames:
+    """The model's `num_frames` frames of a video file or frame dir, short clips sampled by its policy."""
+    return read_frames(source, num_frames=num_frames(config), short_clip=short_clip_policy(config))
 
 
 def load_video(video: Media, config) -> torch.Tensor:
     """(T, 3, S, S) pixels of a video file, frame dir, `SampledFrames` or T×H×W×3 uint8 array."""
     if isinstance(video, (str, os.PathLike)):
-        video = read_frames(video, num_frames=num_frames(config))
+        video = read_video(video, config)
     frames = video.frames if isinstance(video, SampledFrames) else video
     if len(frames) != num_frames(config):
         raise ValueError(f"a video has {len(frames)} frames; the model is configured for {num_frames(config)}")

@@ -4,7 +4,8 @@ Everything but the video tower is transformers' `VideoLlavaForConditionalGenerat
 GELU projector shared by images and frames, Llama/Vicuna decoder); the compressed forward comes from
 `image_llavolta.compression`. Two config fields, saved in `config.json`, choose the video tower:
 `video_temporal_attention` (LanguageBind's temporal branch, default off as in the HF port) and `num_frames`
-(frames per video, 8 by default).
+(frames per video, 8 by default); `llavolta_short_clip` names how a clip with fewer frames is sampled
+(`video_llavolta.frames.SHORT_CLIP_POLICIES`, default Video-LLaVA's "linspace").
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.compression.models import VideoLlavoltaForConditionalGeneration, share_key_conversions
 from transformers import VideoLlavaConfig
 
+from .frames import DEFAULT_SHORT_CLIP, SHORT_CLIP_POLICIES
 from .towers import LanguageBindVideoTower
 
 TEMPORAL_KEY = "video_temporal_attention"
 FRAMES_KEY = "num_frames"
 DEFAULT_FRAMES = 8
+SHORT_CLIP_KEY = "llavolta_short_clip"
 
 
 def temporal_attention(config: VideoLlavaConfig) -> bool:
@@ -28,6 +31,14 @@ def temporal_attention(config: VideoLlavaConfig) -> bool:
 def num_frames(config: VideoLlavaConfig) -> int:
     """Frames per video the model is configured for."""
     return int(getattr(config, FRAMES_KEY, None) or DEFAULT_FRAMES)
+
+
+def short_clip_policy(config: VideoLlavaConfig) -> str:
+    """How the model's videos with fewer than `num_frames` frames are sampled (default: Video-LLaVA's linspace)."""
+    policy = getattr(config, SHORT_CLIP_KEY, None) or DEFAULT_SHORT_CLIP
+    if policy not in SHORT_CLIP_POLICIES:
+        raise ValueError(f"the model config's {SHORT_CLIP_KEY} {policy!r} is not one of {SHORT_CLIP_POLICIES}")
+    return policy
 
 
 def frame_tokens(config: VideoLlavaConfig) -> int:

@@ -47,10 +47,10 @@ from image_llavolta.probe import (
     write_json,
 )
 
-from .frames import VideoError, read_frames, video_source
-from .inputs import encode_sample
+from .frames import VideoError, video_source
+from .inputs import encode_sample, read_video
 from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions, read_jsonl
-from .modeling import frame_tokens, num_frames
+from .modeling import frame_tokens, num_frames, short_clip_policy
 from .qa_inference import run_inference
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def probe_attention(model, tokenizer, records: Sequence[dict], video_root, frame
     for record in records:
         source = video_source(record["video"], video_root, frames_root)
         try:
-            frames = read_frames(source, num_frames(model.config))
+            frames = read_video(source, model.config)
         except Exception as err:  # decoders raise many types on bad files: skip this question only
             message = err.message if isinstance(err, VideoError) else str(err)
             skipped.append({"question_id": record["question_id"], "path": source,
@@ -163,7 +163,7 @@ def run_probe(
     name = getattr(model, "name_or_path", "") or ""
     common = {"model": os.path.abspath(name) if name and os.path.isdir(name) else name,
               "qa": os.path.abspath(qa_path), "limit": limit, "template": template.to_dict(),
-              "num_frames": num_frames(model.config)}
+              "num_frames": num_frames(model.config), "short_clip": short_clip_policy(model.config)}
 
     evaluate = _evaluator(model, tokenizer, qa_used, out_dir, video_root, frames_root, judge, batch_size,
                           max_new_tokens, template)

@@ -58,9 +58,9 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
 )
 from image_llavolta.jsonio import read_jsonl
 
-from .frames import read_frames, video_source
-from .inputs import encode_sample
-from .modeling import num_frames
+from .frames import video_source
+from .inputs import encode_sample, read_video
+from .modeling import num_frames, short_clip_policy
 
 __all__ = ["generate_answers", "generation_config", "main", "merge_predictions", "parse_compression", "read_qa",
            "resolve_compression", "run_inference", "shard_path"]
@@ -89,7 +89,8 @@ def _settings(model, tokenizer, compression_arg, spec, template: Template, gener
               rank: int, world_size: int) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
     return run_settings(model, tokenizer, compression_arg, spec, template, generation, rank, world_size,
-                        num_frames=num_frames(model.config), prompt="<video>\\n{question}")
+                        num_frames=num_frames(model.config), short_clip=short_clip_policy(model.config),
+                        prompt="<video>\\n{question}")
 
 
 def _prediction(record: dict, pred: str) -> dict:
@@ -130,10 +131,9 @@ def run_inference(
            "frames_root": None if frames_root is None else os.path.abspath(frames_root), "batch_size": batch_size,
            "device": str(model.device), "dtype": str(model.dtype), "torch": torch.__version__,
            "transformers": transformers.__version__}
-    frames_per_video = num_frames(model.config)
 
     def encode(record: dict) -> dict:
-        frames = read_frames(video_source(record["video"], video_root, frames_root), frames_per_video)
+        frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
         prompt = template.render(["<video>\n" + record["question"]])
         return encode_sample(tokenizer, model.config, prompt, videos=[frames])
 
