@@ -27,9 +27,14 @@ def default_attn_implementation() -> str:
     return "sdpa"
 
 
+def key_pattern(key: str) -> str:
+    """A state-dict key with its layer numbers as '*': 'a.layers.*.w'."""
+    return re.sub(r"\.\d+\.", ".*.", key)
+
+
 def summarize_keys(keys: Iterable[str]) -> list[str]:
     """State-dict keys grouped by pattern, layer numbers as '*': 'a.layers.*.w (32 keys)'."""
-    counts = Counter(re.sub(r"\.\d+\.", ".*.", k) for k in keys)
+    counts = Counter(key_pattern(k) for k in keys)
     return [p if n == 1 else f"{p} ({n} keys)" for p, n in sorted(counts.items())]
 
 
