@@ -13,33 +13,27 @@ from image_llavolta.conversation import (
 )
 from video_llavolta.configs import placeholder_tokens, tiny_video_llava_config, video_llava_config
 
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# Video-LLaVA's videollava/conversation.py: conv_vicuna_v1 and conv_llava_v1 differ only in the system message
+# ("user" / "human"); both SeparatorStyle.TWO with sep " ", sep2 "</s>", roles USER / ASSISTANT.
+SYSTEMS = {"vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. "
+                        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+           "llava_v1": "A chat between a curious human and an artificial intelligence assistant. "
+                       "The assistant gives helpful, detailed, and polite answers to the human's questions."}
 
 
-def test_vicuna_v1_render():
-    assert get_template("vicuna_v1") is VICUNA_V1
-    assert VICUNA_V1.render(["<video>\nWhat colour?"]) == SYSTEM + " USER: <video>\nWhat colour? ASSISTANT:"
-    assert VICUNA_V1.render(["hi", "hello", "more?"]) == SYSTEM + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
-    assert VICUNA_V1.render(["hi", "hello"], add_generation_prompt=False) == SYSTEM + " USER: hi ASSISTANT: hello</s>"
+@pytest.mark.parametrize("name,template", [("vicuna_v1", VICUNA_V1), ("llava_v1", LLAVA_V1)])
+def test_templates_render_as_upstream(name, template):
+    system = SYSTEMS[name]
+    assert get_template(name) is template
+    assert template.render(["<video>\nWhat colour?"]) == system + " USER: <video>\nWhat colour? ASSISTANT:"
+    assert template.render(["hi", "hello", "more?"]) == system + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
+    assert template.render(["hi", "hello"], add_generation_prompt=False) == system + " USER: hi ASSISTANT: hello</s>"
+    assert template.to_dict() == {"name": name, "system": system, "roles": ["USER", "ASSISTANT"], "sep": " ",
+                                  "sep2": "</s>"}
     with pytest.raises(ValueError, match="nothing to generate"):
-        VICUNA_V1.render(["hi", "hello"])
+        template.render(["hi", "hello"])
     with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
         get_template("llama_2")
-
-
-# Video-LLaVA's videollava/conversation.py: conv_llava_v1 differs from conv_vicuna_v1 only in its system message
-# ("human" for "user"); both SeparatorStyle.TWO with sep " ", sep2 "</s>", roles USER / ASSISTANT.
-HUMAN_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-
-
-def test_llava_v1_is_upstreams_qa_template():
-    assert get_template("llava_v1") is LLAVA_V1
-    assert LLAVA_V1.render(["<video>\nWhat colour?"]) == HUMAN_SYSTEM + " USER: <video>\nWhat colour? ASSISTANT:"
-    assert LLAVA_V1.render(["hi", "hello", "more?"]) == HUMAN_SYSTEM + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
-    assert LLAVA_V1.to_dict() == {"name": "llava_v1", "system": HUMAN_SYSTEM, "roles": ["USER", "ASSISTANT"],
-                                  "sep": " ", "sep2": "</s>"}
 
 
 def test_checkpoint_records_its_template():
