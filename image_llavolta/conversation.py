@@ -39,7 +39,6 @@ class Template:
                 raise ValueError("the conversation ends with an assistant message: nothing to generate")
         return out
 
-
     def to_dict(self) -> dict:
         """The template's fields, for settings files."""
         return {"name": self.name, "system": self.system, "roles": list(self.roles), "sep": self.sep,

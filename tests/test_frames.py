@@ -208,6 +208,10 @@ def test_short_clip_frame_dir_is_resampled_with_the_policy_asked_for(clips, tmp_
             s = read_frames(frame_dir, 12, short_clip=policy)
         assert s.indices == sample_indices(8, 12, short_clip=policy)
         assert identify(s.frames, src) == s.indices
+    # it holds every frame of the clip, so fewer frames are sampled as from the video: linspace(0, 7, 6)
+    s = read_frames(frame_dir, 6)
+    assert s.indices == sample_indices(8, 6) == [0, 1, 2, 4, 5, 7]
+    assert identify(s.frames, src) == s.indices
 
 
 def test_no_warning_when_enough_frames(clips):

@@ -40,8 +40,9 @@ temporary sibling (``.<name>.<random>.tmp``), with frames.json last, and renamed
 killed job never leaves a directory that looks finished (only a ``.tmp`` sibling to delete).
 Reading a directory with T stored frames returns them; with more, ``np.linspace(0, stored-1, T,
 dtype=int)`` of them; with fewer, a ValueError (frames that were never stored can't be recovered).
-A short clip's directory holds every frame of the clip (either policy repeats frames, never skips
-one), so it is re-sampled with the policy asked for, whichever policy wrote it.
+A directory that holds every frame of its clip (a short clip's: either policy repeats frames,
+never skips one) is sampled as the video itself would be, with the policy asked for, whichever
+policy wrote it.
 
 Errors. Every failure to read a video is a `VideoError` carrying the path as ``.path``:
 `VideoNotFoundError` (also a FileNotFoundError), `VideoDecodeError` (not a video, no backend can
@@ -409,8 +410,8 @@ def _read_frame_dir(path: str, num_frames: int, start, end, short_clip: str) -> 
 
     stored = len(indices)
     distinct = sorted(set(indices))
-    if len(distinct) < num_frames and distinct[-1] - distinct[0] + 1 == len(distinct):
-        # every frame of a short clip is stored: sample them again with the policy asked for
+    if distinct[-1] - distinct[0] + 1 == len(distinct):
+        # every frame of the clip is stored (a short clip, or one of exactly T frames): sample them as the video
         first_position = {index: p for p, index in reversed(list(enumerate(indices)))}
         positions = [first_position[distinct[i]] for i in sample_indices(len(distinct), num_frames,
                                                                           short_clip=short_clip)]
