@@ -45,7 +45,22 @@ class CompressedCausalLMOutput(ModelOutput):
     attention_mask: torch.Tensor | None = None  # (B, Lc) padding mask matching `logits` (1 = real position)
 
 
-class _CompressedMixin:
+class StockModelingMixin:
+    """For subclasses of transformers' models built from transformers' modules and initialisers.
+
+    transformers treats every class defined outside `transformers.*` as custom code: it skips the model
+    type's checkpoint key conversions and initialises weights missing from a checkpoint by a shortcut that
+    passes over modules without parameters of their own (CLIP's attention blocks set their projections'
+    scale), so such a class would load differently from the stock one.
+    """
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Custom code only when loaded from the Hub: these classes load and initialise as the stock ones."""
+        return cls.is_remote_code()
+
+
+class _CompressedMixin(StockModelingMixin):
     """Forward shared by the compressed LLaVA and Video-LLaVA classes."""
 
     _visual_token_attrs: tuple[str, ...] = ()
@@ -297,18 +312,16 @@ _COMPRESSED = {
 
 
 def share_key_conversions(cls, like: str) -> None:
-    """Give `cls` transformers' checkpoint key conversions of `like` (a class name or model type).
+    """Give `cls` transformers' checkpoint key conversions of the class named `like`.
 
-    transformers skips its renames for older layouts (e.g. llava-hf checkpoints saved by 4.x) on classes defined
-    outside it, and would then random-initialise the unmatched weights; our subclasses keep the stock weight names.
+    transformers looks conversions up by class name, then by model type. A subclass that keeps its parent's
+    weight names and has a model type with conversions (LLaVA, Video-LLaVA) gets them through
+    `StockModelingMixin`; one whose conversions are keyed by its parent's class name (CLIPVisionModel's older
+    `vision_model.` prefix) needs them registered under its own name.
     """
     mapping = get_checkpoint_conversion_mapping(like)
     if mapping is not None:
         register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
-
-
-share_key_conversions(LlavoltaForConditionalGeneration, "llava")
-share_key_conversions(VideoLlavoltaForConditionalGeneration, "video_llava")
 
 
 def enable_compression(model, spec: CompressionSpec | None):

@@ -1,0 +1,117 @@
+"""With no spec (or a no-op spec) our compressed classes behave as transformers' own, checked against the stock class.
+
+The checks follow what transformers' model tests (ModelTesterMixin, GenerationTesterMixin) ask of the stock LLaVA
+and Video-LLaVA classes: the output class and its keys, static caches and compiled generation, prepared 4D masks,
+the forward signature that `generate` filters by, the initialisation of weights missing from a checkpoint.
+"""
+import copy
+import inspect
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_compressed_forward import llava_inputs, video_inputs
+from tiny_models import IMAGE, VIDEO, pixels, tiny_llava, tiny_video_llava
+from transformers import (CompileConfig, LlavaForConditionalGeneration, LogitsProcessor,
+                          VideoLlavaForConditionalGeneration)
+from transformers.cache_utils import Cache
+
+from image_llavolta.compression import (CompressionSpec, LlavoltaForConditionalGeneration,
+                                        VideoLlavoltaForConditionalGeneration, enable_compression)
+from video_llavolta.configs import tiny_video_llava_config
+from video_llavolta.modeling import VideoLlavaLanguageBindForConditionalGeneration
+
+NOOP_SPECS = [None, CompressionSpec(4, 2), CompressionSpec(1, 1)]  # the tiny models have 4 decoder layers
+
+
+def stock_and_ours(kind, spec=None):
+    """The stock tiny model and an identical copy turned into our class with `spec` in its config."""
+    stock = tiny_llava() if kind == "llava" else tiny_video_llava()
+    return stock, enable_compression(copy.deepcopy(stock), spec)
+
+
+def batch_of(kind):
+    _, batch, _ = llava_inputs("left") if kind == "llava" else video_inputs("left")
+    batch.pop("position_ids")  # as generate() and the model tests call it
+    return batch
+
+
+def assert_same(got, expected):
+    """Outputs equal element by element: tensors exactly, caches layer by layer, containers recursively."""
+    assert type(got) is type(expected)
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected)
+    elif isinstance(expected, Cache):
+        assert len(got.layers) == len(expected.layers)
+        for a, b in zip(got.layers, expected.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    elif isinstance(expected, (tuple, list)):
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert_same(a, b)
+    else:
+        assert got == expected
+
+
+def drop_weights(folder, patterns):
+    """Remove the weights whose names contain any of `patterns` from a saved checkpoint; return their names."""
+    path = os.path.join(folder, "model.safetensors")
+    state = load_file(path)
+    dropped = sorted(k for k in state if any(p in k for p in patterns))
+    save_file({k: v for k, v in state.items() if k not in dropped}, path, metadata={"format": "pt"})
+    return dropped
+
+
+# A vision attention block (CLIP scales its projections), CLIP's embeddings, a decoder layer, the projector, the head.
+MISSING = ("encoder.layers.0.self_attn.", "class_embedding", "language_model.model.layers.1.", "multi_modal_projector",
+           "lm_head")
+
+
+@pytest.mark.parametrize("ours_cls,make", [
+    (LlavoltaForConditionalGeneration, tiny_llava),
+    (VideoLlavoltaForConditionalGeneration, tiny_video_llava),
+    (VideoLlavaLanguageBindForConditionalGeneration, tiny_video_llava),
+])
+def test_weights_missing_from_a_checkpoint_initialise_as_stock(tmp_path, ours_cls, make):
+    stock = make()
+    stock.save_pretrained(tmp_path)
+    assert len(drop_weights(tmp_path, MISSING)) > 10
+    torch.manual_seed(7)
+    expected = type(stock).from_pretrained(tmp_path).state_dict()
+    torch.manual_seed(7)
+    got = ours_cls.from_pretrained(tmp_path).state_dict()
+    assert list(got) == list(expected)
+    assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
+
+
+@pytest.mark.parametrize("ours_cls,stock_cls,make", [
+    (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration, tiny_llava),
+    (VideoLlavaLanguageBindForConditionalGeneration, VideoLlavaForConditionalGeneration, tiny_video_llava),
+])
+def test_a_model_built_from_a_config_initialises_as_stock(ours_cls, stock_cls, make):
+    config = make().config
+    torch.manual_seed(3)
+    expected = stock_cls._from_config(config).state_dict()
+    torch.manual_seed(3)
+    got = ours_cls._from_config(config).state_dict()
+    assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
+
+
+def test_missing_temporal_weights_take_clips_and_languagebinds_initialisation(tmp_path):
+    # Loading a checkpoint without the temporal branch (the HF port's layout) into the temporal model.
+    plain = VideoLlavaLanguageBindForConditionalGeneration._from_config(tiny_video_llava_config(vocab_size=96))
+    plain.save_pretrained(tmp_path)
+    config = tiny_video_llava_config(vocab_size=96, temporal_attention=True)
+    config.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = VideoLlavaLanguageBindForConditionalGeneration.from_pretrained(tmp_path)
+    vision = config.vision_config
+    dim, depth, factor = vision.hidden_size, vision.num_hidden_layers, vision.initializer_factor
+    # CLIP's `_init_weights` for attention blocks and LanguageBind's time embedding (std of ~dim² draws each)
+    expected = {"temporal_attn.q_proj.weight": dim**-0.5 * (2 * depth) ** -0.5 * factor,
+                "temporal_attn.out_proj.weight": dim**-0.5 * factor, "temporal_embedding": dim**-0.5}
+    for layer in model.model.video_tower.encoder.layers:
+        params = dict(layer.named_parameters())
+        for name, std in expected.items():
+            assert params[name].std().item() == pytest.approx(std, rel=0.15), name
