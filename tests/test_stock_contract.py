@@ -54,6 +54,28 @@ def assert_same(got, expected):
         assert got == expected
 
 
+@pytest.mark.parametrize("data", [None, CompressionSpec(4, 2).to_dict()], ids=["no spec", "no-op spec"])
+@torch.no_grad()
+def test_forward_compiles_with_fullgraph_with_a_spec_in_the_config(data):
+    stock, ours = stock_and_ours("llava")
+    batch = batch_of("llava")
+    expected = stock(**batch).logits
+    ours(**batch)  # transformers sets up its output capturing on a first call, which dynamo does not trace (stock too)
+    ours.config.llavolta_compression = data  # a new value, parsed in the compiled call
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True, backend="eager")
+    for _ in range(2):  # the first call parses the spec, the second reads the parsed one
+        torch.testing.assert_close(compiled(**batch).logits, expected)
+
+
+def test_the_spec_is_parsed_once_per_config_value():
+    _, ours = stock_and_ours("llava", CompressionSpec(2, 4))
+    first = ours.compression_spec
+    assert ours.compression_spec is first == CompressionSpec(2, 4)
+    ours.config.llavolta_compression = CompressionSpec(1, 2).to_dict()  # a new value is parsed again
+    assert ours.compression_spec == CompressionSpec(1, 2)
+
+
 def drop_weights(folder, patterns):
     """Remove the weights whose names contain any of `patterns` from a saved checkpoint; return their names."""
     path = os.path.join(folder, "model.safetensors")

@@ -67,9 +67,15 @@ class _CompressedMixin(StockModelingMixin):
 
     @property
     def compression_spec(self) -> CompressionSpec | None:
-        """The spec stored in the config (None = no compression)."""
+        """The spec stored in the config (None = no compression), parsed once per value of that entry."""
         data = getattr(self.config, CONFIG_KEY, None)
-        return None if data is None else CompressionSpec.from_dict(dict(data))
+        if data is None:
+            return None
+        source, spec = getattr(self, "_parsed_compression", (None, None))
+        if source != data:
+            spec = CompressionSpec.from_dict(dict(data))
+            self._parsed_compression = (dict(data), spec)
+        return spec
 
     def _visual_token_ids(self) -> list[int]:
         return [getattr(self.config, a) for a in self._visual_token_attrs]
