@@ -210,12 +210,16 @@ def test_bad_inputs_are_clear_errors():
 
 
 @torch.no_grad()
-def test_stats_reported_on_stock_path_too():
-    model = enable_compression(tiny_llava(), None)
+def test_stats_reported_on_stock_path_on_request():
+    stock = tiny_llava()
     _, batch, _ = llava_inputs("left")
-    stats = model(**batch).compression
-    assert stats.visual_tokens_in.tolist() == [16, 32, 0, 32] == stats.visual_tokens_out.tolist()
+    expected = stock(**batch).logits
+    model = enable_compression(stock, None)
+    out = model(**batch, output_compression=True)
+    stats = out.compression
+    assert stats.visual_tokens_in.tolist() == [16, 32, 0, 32] == stats.visual_tokens_out.tolist()  # LLAVA_BATCH
     assert stats.ratio == 1.0
+    assert torch.equal(out.logits, expected) and torch.equal(out.attention_mask, batch["attention_mask"])
 
 
 def test_enable_keeps_stock_classes_and_weights():

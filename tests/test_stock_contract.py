@@ -54,6 +54,56 @@ def assert_same(got, expected):
         assert got == expected
 
 
+@pytest.mark.parametrize("spec", NOOP_SPECS, ids=str)
+@pytest.mark.parametrize("kind", ["llava", "video"])
+@torch.no_grad()
+def test_uncompressed_forward_returns_exactly_the_stock_output(kind, spec):
+    stock, ours = stock_and_ours(kind, spec)
+    batch = batch_of(kind)
+    expected, got = stock(**batch, labels=batch["input_ids"]), ours(**batch, labels=batch["input_ids"])
+    assert type(got) is type(expected) and list(got.keys()) == list(expected.keys())
+    assert_same(got.to_tuple(), expected.to_tuple())
+    assert_same(ours(**batch, return_dict=False), stock(**batch, return_dict=False))
+
+
+@pytest.mark.parametrize("kind", ["llava", "video"])
+@torch.no_grad()
+def test_uncompressed_generate_with_a_static_cache_equals_stock(kind):
+    # generate() hands the forward a prepared 4D mask for a static cache.
+    stock, ours = stock_and_ours(kind)
+    batch = batch_of(kind)
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, cache_implementation="static")
+    assert torch.equal(ours.generate(**batch, **kw), stock.generate(**batch, **kw))
+
+
+@torch.no_grad()
+def test_uncompressed_compiled_generate_equals_stock():
+    from torch._dynamo.utils import counters
+
+    stock, ours = stock_and_ours("llava", CompressionSpec(4, 2))
+    batch = batch_of("llava")
+    compile_config = CompileConfig(backend="eager", fullgraph=True, mode=None)  # eager: tracing is what is tested
+    compile_config._compile_all_devices = True  # transformers compiles on CPU only when asked to
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, cache_implementation="static")
+    expected = stock.generate(**batch, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    assert torch.equal(ours.generate(**batch, compile_config=compile_config, **kw), expected)
+    assert counters["stats"]["unique_graphs"] >= 1  # the decoding steps ran compiled
+
+
+@pytest.mark.parametrize("kind", ["llava", "video"])
+@torch.no_grad()
+def test_uncompressed_forward_takes_a_custom_4d_mask_as_stock(kind):
+    stock, ours = stock_and_ours(kind)
+    batch = batch_of(kind)
+    padding = batch.pop("attention_mask").bool()
+    length = padding.shape[1]
+    allowed = torch.tril(torch.ones(length, length, dtype=torch.bool)) & padding[:, None, :]  # (B, L, L)
+    batch["attention_mask"] = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]  # (B, 1, L, L)
+    assert_same(ours(**batch).to_tuple(), stock(**batch).to_tuple())
+
+
 @pytest.mark.parametrize("data", [None, CompressionSpec(4, 2).to_dict()], ids=["no spec", "no-op spec"])
 @torch.no_grad()
 def test_forward_compiles_with_fullgraph_with_a_spec_in_the_config(data):
@@ -74,6 +124,27 @@ def test_the_spec_is_parsed_once_per_config_value():
     assert ours.compression_spec is first == CompressionSpec(2, 4)
     ours.config.llavolta_compression = CompressionSpec(1, 2).to_dict()  # a new value is parsed again
     assert ours.compression_spec == CompressionSpec(1, 2)
+
+
+@pytest.mark.parametrize("ours_cls,stock_cls", [
+    (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration),
+    (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration),
+    (VideoLlavaLanguageBindForConditionalGeneration, VideoLlavaForConditionalGeneration),
+])
+def test_forward_signature_is_the_stock_one_plus_the_compression_arguments(ours_cls, stock_cls):
+    ours = inspect.signature(ours_cls.forward).parameters
+    stock = inspect.signature(stock_cls.forward).parameters
+    assert [ours[name] for name in stock] == list(stock.values())  # kinds, defaults, annotations (Unpack[...])
+    assert [name for name in ours if name in stock] == list(stock)  # in stock's order
+    assert [name for name in ours if name not in stock] == ["compression", "output_compression"]
+
+
+@torch.no_grad()
+def test_generate_takes_the_deprecated_pixel_values_images_as_stock():
+    stock, ours = stock_and_ours("video")
+    ids = torch.tensor([[5, 6] + [IMAGE] * 16 + [7, 8]])
+    kw = dict(input_ids=ids, pixel_values_images=pixels(1, seed=3), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(**kw), stock.generate(**kw))
 
 
 def drop_weights(folder, patterns):
