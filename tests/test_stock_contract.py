@@ -208,3 +208,37 @@ def test_missing_temporal_weights_take_clips_and_languagebinds_initialisation(tm
         params = dict(layer.named_parameters())
         for name, std in expected.items():
             assert params[name].std().item() == pytest.approx(std, rel=0.15), name
+
+
+class ForceToken(LogitsProcessor):
+    """Makes `token` the only choice at generated step `step` (what an untrained model may pick on its own)."""
+
+    def __init__(self, prompt_length: int, step: int, token: int):
+        self.at, self.token = prompt_length + step, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.at:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, self.token] = 0.0
+        return scores
+
+
+@pytest.mark.parametrize("kind,placeholder", [("llava", IMAGE), ("video", VIDEO)])
+@torch.no_grad()
+def test_a_generated_placeholder_id_is_decoded_as_text(kind, placeholder):
+    # The placeholder's embedding row copied onto a text id: generating either one must then continue identically.
+    _, model = stock_and_ours(kind, CompressionSpec(1, 4))
+    text_id = 7
+    embeddings = model.get_input_embeddings().weight
+    embeddings[text_id] = embeddings[placeholder]
+    batch = batch_of(kind)
+    prompt = batch["input_ids"].shape[1]
+    runs = {}
+    for token in (placeholder, text_id):
+        runs[token] = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0,
+                                     logits_processor=[ForceToken(prompt, 1, token)], output_logits=True,
+                                     return_dict_in_generate=True)
+    with_placeholder, with_text = runs[placeholder], runs[text_id]
+    assert bool((with_placeholder.sequences[:, prompt + 1] == placeholder).all())
+    for got, expected in zip(with_placeholder.logits, with_text.logits):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -143,9 +143,12 @@ def compressed_decoder_forward(
         if attention_mask is not None:
             new = attention_mask[:, state.prefix_length - cropped :]
             if new.shape[1] != appended:
+                hint = "" if k else (" (continuing generate() from a returned cache needs layer >= 1: with layer=0 "
+                                     "every cache layer is compressed and transformers cannot tell how many prompt "
+                                     "tokens it holds)")
                 raise ValueError(
                     f"attention_mask covers {new.shape[1]} tokens after the prefill of {state.prefix_length}, "
-                    f"but the KV cache and the input hold {appended}"
+                    f"but the KV cache and the input hold {appended}{hint}"
                 )
         else:
             new = torch.ones(batch, appended, dtype=torch.long, device=hidden.device)

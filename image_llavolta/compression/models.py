@@ -38,6 +38,7 @@ from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
 
 
 FROM_CONFIG = "from_config"  # forward(compression=...) default: the spec stored in the config
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")  # what brings new visual tokens
 
 
 @dataclass
@@ -111,7 +112,8 @@ class _CompressedMixin(StockModelingMixin):
         if spec is not None:
             spec.check_fits(num_layers)
         if spec is not None and not spec.is_noop(num_layers):
-            given = {k: v for k, v in visual.items() if v is not None}
+            # generate() passes an empty `mm_encoder_outputs` when nothing was encoded
+            given = {k: v for k, v in visual.items() if v is not None and not (isinstance(v, dict) and not v)}
             return self._compressed_forward(spec, given, **inputs, **kwargs)
         if not output_compression:
             return super().forward(**inputs, **visual, **kwargs)
@@ -139,16 +141,17 @@ class _CompressedMixin(StockModelingMixin):
         if use_cache is None:
             use_cache = bool(self.config.text_config.use_cache) and not self.training
 
-        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None and bool(self._is_visual(input_ids).any()):
-            raise ValueError(
-                "input_ids repeat visual tokens that the compressed KV cache already holds: pass only new tokens. "
-                "(Continuing generate() from a returned cache needs layer >= 1: with layer=0 every cache layer "
-                "is compressed and transformers cannot tell how many prompt tokens it holds.)"
-            )
+        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None:
+            given = [k for k in PIXEL_INPUTS if k in visual]
+            if given:
+                raise ValueError(
+                    f"{given} given with a compressed KV cache, which already holds the prompt's visual tokens: pass "
+                    "only the new tokens (to continue generate() from a returned cache, pass the ids and attention "
+                    "mask without pixel values, as the stock class needs too)"
+                )
+        # Placeholder ids without their pixel inputs are text, as in the stock forward: so is every id appended to
+        # a compressed prefill, including a placeholder id that a model generates.
         inputs_embeds, segment_lengths, visual_states = self._embed_multimodal(input_ids, visual)
-        stray = [t for t in self._visual_token_ids() if t not in segment_lengths and bool((input_ids == t).any())]
-        if stray:
-            raise ValueError(f"input_ids hold visual placeholder id(s) {stray} but no matching pixel values were given")
         layout = find_segments(input_ids, segment_lengths)
 
         query_index = None
