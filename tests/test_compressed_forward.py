@@ -207,6 +207,18 @@ def test_bad_inputs_are_clear_errors():
 
 
 @torch.no_grad()
+def test_outputs_compression_cannot_give_are_clear_errors():
+    model = enable_compression(tiny_llava(), CompressionSpec(1, 2))
+    _, batch, _ = llava_inputs("right")
+    with pytest.raises(ValueError, match="shift_labels .* cannot be used with visual compression"):
+        model(**batch, labels=batch["input_ids"], shift_labels=batch["input_ids"])
+    model.config.output_hidden_states = True  # asked for in the config, not the call
+    with pytest.raises(ValueError, match="output_hidden_states=True is not supported"):
+        model(**batch)
+    assert model(**batch, output_hidden_states=False).logits.shape[1] < batch["input_ids"].shape[1]
+
+
+@torch.no_grad()
 def test_stats_reported_on_stock_path_on_request():
     stock = tiny_llava()
     _, batch, _ = llava_inputs("left")

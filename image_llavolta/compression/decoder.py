@@ -98,7 +98,8 @@ def compressed_decoder_forward(
     real token of each row, which is the last prompt token when generating).
     """
     if attention_mask is not None and attention_mask.ndim != 2:
-        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask")
+        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask "
+                         "(generate() prepares one for a static cache: use the default dynamic cache)")
     batch, length, _ = inputs_embeds.shape
     k = spec.layer
     if use_cache and past_key_values is None:

@@ -134,10 +134,16 @@ class _CompressedMixin(StockModelingMixin):
         logits_to_keep, use_cache=None, **kwargs,
     ):
         for flag in ("output_attentions", "output_hidden_states"):
-            if kwargs.pop(flag, False):
+            asked = kwargs.pop(flag, None)
+            if asked if asked is not None else getattr(self.config, flag, False):
                 raise ValueError(f"{flag}=True is not supported with visual compression (sequence lengths change)")
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("visual compression finds the visual segments from input_ids: pass input_ids only")
+        if labels is not None and kwargs.get("shift_labels") is not None:
+            raise ValueError(
+                "shift_labels (targets aligned with the full sequence, for sequence-parallel training) cannot be "
+                "used with visual compression, which shortens the sequence inside the model: pass labels only"
+            )
         if use_cache is None:
             use_cache = bool(self.config.text_config.use_cache) and not self.training
 
