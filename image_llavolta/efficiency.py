@@ -78,9 +78,9 @@ def _rel_diff(measured: float, reference: float) -> float:
     return (measured - reference) / reference if reference else math.inf
 
 
-def _prefill(model, inputs: dict, spec):
+def _prefill(model, inputs: dict, spec, output_compression: bool = False):
     """The prefill forward generate runs first: KV cache on, logits of the last position only."""
-    return model(**inputs, compression=spec, use_cache=True, logits_to_keep=1)
+    return model(**inputs, compression=spec, use_cache=True, logits_to_keep=1, output_compression=output_compression)
 
 
 def _sync(device: torch.device) -> None:
@@ -281,7 +281,7 @@ def _measure(model, inputs, settings, labels, repeats, warmup, new_tokens, profi
     rows = []
     with torch.no_grad():
         for spec, label in zip(settings, labels):
-            stats = _prefill(model, inputs, spec).compression
+            stats = _prefill(model, inputs, spec, output_compression=True).compression
             analytic = analytic_flops(model, inputs, stats)
             row = {
                 "setting": label,

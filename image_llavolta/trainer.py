@@ -101,6 +101,7 @@ class StagedTrainer(Trainer):
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (zero, None) if return_outputs else zero
         inputs["compression"] = self.scheme.stages[stage].spec
+        inputs["output_compression"] = True  # the accounting of uncompressed stages too
         self.stage_log[self.state.global_step] = self.scheme.stages[stage].label()
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         tally.samples += inputs["input_ids"].shape[0]

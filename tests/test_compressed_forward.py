@@ -202,20 +202,33 @@ def test_bad_inputs_are_clear_errors():
     ids = torch.tensor([[5] + [91] * 6 * 17 + [6] + [91] * 2 * 17 + [7]])
     with pytest.raises(ValueError, match="do not split into videos of 4 frames × 17 tokens"):
         model(input_ids=ids, pixel_values_videos=pixels(2, 4))
-    ids = torch.tensor([sequence(2, "video", 2)])
-    with pytest.raises(ValueError, match="no matching pixel values"):
-        model(input_ids=ids)
     with pytest.raises(ValueError, match="pass input_ids only"):
         model(inputs_embeds=torch.zeros(1, 4, 64))
 
 
 @torch.no_grad()
-def test_stats_reported_on_stock_path_too():
-    model = enable_compression(tiny_llava(), None)
+def test_outputs_compression_cannot_give_are_clear_errors():
+    model = enable_compression(tiny_llava(), CompressionSpec(1, 2))
+    _, batch, _ = llava_inputs("right")
+    with pytest.raises(ValueError, match="shift_labels .* cannot be used with visual compression"):
+        model(**batch, labels=batch["input_ids"], shift_labels=batch["input_ids"])
+    model.config.output_hidden_states = True  # asked for in the config, not the call
+    with pytest.raises(ValueError, match="output_hidden_states=True is not supported"):
+        model(**batch)
+    assert model(**batch, output_hidden_states=False).logits.shape[1] < batch["input_ids"].shape[1]
+
+
+@torch.no_grad()
+def test_stats_reported_on_stock_path_on_request():
+    stock = tiny_llava()
     _, batch, _ = llava_inputs("left")
-    stats = model(**batch).compression
-    assert stats.visual_tokens_in.tolist() == [16, 32, 0, 32] == stats.visual_tokens_out.tolist()
+    expected = stock(**batch).logits
+    model = enable_compression(stock, None)
+    out = model(**batch, output_compression=True)
+    stats = out.compression
+    assert stats.visual_tokens_in.tolist() == [16, 32, 0, 32] == stats.visual_tokens_out.tolist()  # LLAVA_BATCH
     assert stats.ratio == 1.0
+    assert torch.equal(out.logits, expected) and torch.equal(out.attention_mask, batch["attention_mask"])
 
 
 def test_enable_keeps_stock_classes_and_weights():

@@ -68,13 +68,35 @@ def test_assisted_decoding_crops_the_cache_correctly():
     assert torch.equal(model.generate(**single, prompt_lookup_num_tokens=3, **kw), greedy)
 
 
+@pytest.mark.parametrize("layer", [1, 2])
 @torch.no_grad()
-def test_continuing_from_a_layer0_cache_is_a_clear_error():
+def test_generate_continues_from_a_returned_cache(layer):
+    # As with the stock class, the second call passes the ids and mask only: the cache holds the pixels' tokens.
+    model = enable_compression(tiny_video_llava(), CompressionSpec(layer, 4))
+    _, batch, _ = video_inputs("left")
+    batch.pop("position_ids")
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)  # a row ending early is padded in one run only
+    straight = model.generate(**batch, max_new_tokens=4, **kw)
+    first = model.generate(**batch, max_new_tokens=2, return_dict_in_generate=True, **kw)
+    mask = torch.cat([batch["attention_mask"], torch.ones(4, 2, dtype=torch.long)], 1)
+    continued = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+                               max_new_tokens=2, **kw)
+    assert torch.equal(continued, straight)
+
+
+@torch.no_grad()
+def test_pixels_given_to_a_compressed_cache_and_layer0_continuation_are_clear_errors():
     model = enable_compression(tiny_llava(), CompressionSpec(0, 4))
     _, batch, _ = llava_inputs("left")
     out = model(**batch, use_cache=True)
-    with pytest.raises(ValueError, match="repeat visual tokens that the compressed KV cache already holds"):
+    with pytest.raises(ValueError, match="given with a compressed KV cache, which already holds the prompt's visual"):
         model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], past_key_values=out.past_key_values)
+    batch.pop("position_ids")
+    first = model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    mask = torch.cat([batch["attention_mask"], torch.ones(4, 2, dtype=torch.long)], 1)
+    with pytest.raises(ValueError, match="continuing generate\\(\\) from a returned cache needs layer >= 1"):
+        model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+                       max_new_tokens=2, do_sample=False, pad_token_id=0)
 
 
 @torch.no_grad()

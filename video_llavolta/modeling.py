@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from image_llavolta.compression import CompressionSpec, enable_compression
-from image_llavolta.compression.models import VideoLlavoltaForConditionalGeneration, share_key_conversions
+from image_llavolta.compression.models import VideoLlavoltaForConditionalGeneration
 from transformers import VideoLlavaConfig
 
 from .frames import DEFAULT_SHORT_CLIP, SHORT_CLIP_POLICIES
@@ -54,9 +54,6 @@ class VideoLlavaLanguageBindForConditionalGeneration(VideoLlavoltaForConditional
         super().__init__(config)
         if temporal_attention(config):
             self.model.video_tower = LanguageBindVideoTower(config.vision_config, num_frames(config))
-
-
-share_key_conversions(VideoLlavaLanguageBindForConditionalGeneration, "video_llava")
 
 
 def build_model(config: VideoLlavaConfig, compression: CompressionSpec | None = None, attn_implementation: str = "sdpa",

@@ -14,7 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-from image_llavolta.compression.models import share_key_conversions
+from image_llavolta.compression.models import StockModelingMixin, share_key_conversions
 
 TEMPORAL_KEYS = ("temporal_embedding", "temporal_layer_norm1.", "temporal_attn.")
 
@@ -58,7 +58,7 @@ class TemporalCLIPEncoderLayer(CLIPEncoderLayer):
             self.temporal_attn.out_proj.bias.zero_()
 
 
-class LanguageBindVideoTower(CLIPVisionModel):
+class LanguageBindVideoTower(StockModelingMixin, CLIPVisionModel):
     """CLIP vision model with LanguageBind's temporal attention in every encoder block (T frames per video)."""
 
     def __init__(self, config: CLIPVisionConfig, num_frames: int):

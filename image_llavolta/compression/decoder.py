@@ -98,7 +98,8 @@ def compressed_decoder_forward(
     real token of each row, which is the last prompt token when generating).
     """
     if attention_mask is not None and attention_mask.ndim != 2:
-        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask")
+        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask "
+                         "(generate() prepares one for a static cache: use the default dynamic cache)")
     batch, length, _ = inputs_embeds.shape
     k = spec.layer
     if use_cache and past_key_values is None:
@@ -143,9 +144,12 @@ def compressed_decoder_forward(
         if attention_mask is not None:
             new = attention_mask[:, state.prefix_length - cropped :]
             if new.shape[1] != appended:
+                hint = "" if k else (" (continuing generate() from a returned cache needs layer >= 1: with layer=0 "
+                                     "every cache layer is compressed and transformers cannot tell how many prompt "
+                                     "tokens it holds)")
                 raise ValueError(
                     f"attention_mask covers {new.shape[1]} tokens after the prefill of {state.prefix_length}, "
-                    f"but the KV cache and the input hold {appended}"
+                    f"but the KV cache and the input hold {appended}{hint}"
                 )
         else:
             new = torch.ones(batch, appended, dtype=torch.long, device=hidden.device)

@@ -2,19 +2,33 @@
 
 `enable_compression` turns a stock model into its compressed subclass in place (same modules, same
 weights, same state-dict keys) and stores the spec in `model.config`, so `save_pretrained` checkpoints
-carry it and stock transformers can still load them. With no spec, or a no-op spec, the subclass calls
-the stock forward unchanged.
-"""
-from __future__ import annotations
+carry it and stock transformers can still load them.
 
+What the forward returns:
+
+- compression off (no spec, a no-op spec, or `compression=None`): exactly what the stock forward returns,
+  the stock output class with the stock keys. Nothing is computed on top, so static caches, compiled
+  generation, prepared 4D masks and `inputs_embeds` behave as they do on the stock class.
+- compression on: `CompressedCausalLMOutput`, whose `logits` cover the compressed sequence, with
+  `attention_mask` (the padding mask of those logits) and `compression` (the accounting, `CompressionStats`).
+- `output_compression=True` asks for `CompressedCausalLMOutput` in both cases, so a caller that switches
+  compression on and off (the staged trainer, the efficiency report) reads the accounting the same way;
+  uncompressed, `compression` counts the visual tokens in = out.
+"""
 from dataclasses import dataclass
 
 import torch
 from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
 from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+from transformers.models.video_llava.modeling_video_llava import VideoLlavaCausalLMOutputWithPast
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .decoder import CACHE_STATE_ATTR, check_decoder, compressed_decoder_forward
 from .methods import fastv_query_index
@@ -24,6 +38,7 @@ from .spec import CONFIG_KEY, CompressionSpec, CompressionStats
 
 
 FROM_CONFIG = "from_config"  # forward(compression=...) default: the spec stored in the config
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")  # what brings new visual tokens
 
 
 @dataclass
@@ -41,20 +56,41 @@ class CompressedCausalLMOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: torch.Tensor | None = None
     video_hidden_states: torch.Tensor | None = None
-    compression: CompressionStats | None = None
+    compression: CompressionStats | None = None  # None when the visual tokens cannot be counted (no input_ids)
     attention_mask: torch.Tensor | None = None  # (B, Lc) padding mask matching `logits` (1 = real position)
 
 
-class _CompressedMixin:
+class StockModelingMixin:
+    """For subclasses of transformers' models built from transformers' modules and initialisers.
+
+    transformers treats every class defined outside `transformers.*` as custom code: it skips the model
+    type's checkpoint key conversions and initialises weights missing from a checkpoint by a shortcut that
+    passes over modules without parameters of their own (CLIP's attention blocks set their projections'
+    scale), so such a class would load differently from the stock one.
+    """
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Custom code only when loaded from the Hub: these classes load and initialise as the stock ones."""
+        return cls.is_remote_code()
+
+
+class _CompressedMixin(StockModelingMixin):
     """Forward shared by the compressed LLaVA and Video-LLaVA classes."""
 
     _visual_token_attrs: tuple[str, ...] = ()
 
     @property
     def compression_spec(self) -> CompressionSpec | None:
-        """The spec stored in the config (None = no compression)."""
+        """The spec stored in the config (None = no compression), parsed once per value of that entry."""
         data = getattr(self.config, CONFIG_KEY, None)
-        return None if data is None else CompressionSpec.from_dict(dict(data))
+        if data is None:
+            return None
+        source, spec = getattr(self, "_parsed_compression", (None, None))
+        if source != data:
+            spec = CompressionSpec.from_dict(dict(data))
+            self._parsed_compression = (dict(data), spec)
+        return spec
 
     def _visual_token_ids(self) -> list[int]:
         return [getattr(self.config, a) for a in self._visual_token_attrs]
@@ -67,64 +103,61 @@ class _CompressedMixin:
         layer, stride = (spec.layer, spec.stride) if spec else (0, 1)
         return CompressionStats(self.config.text_config.num_hidden_layers, layer, stride, visual_in, visual_out)
 
-    def _forward(self, visual: dict, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                 labels, use_cache, logits_to_keep, kwargs, compression=FROM_CONFIG):
-        """Stock forward when compression is off or a no-op; the compressed pass otherwise."""
-        visual = {k: v for k, v in visual.items() if v is not None}
+    def _forward(self, visual: dict, inputs: dict, kwargs: dict, compression, output_compression: bool):
+        """The stock forward when compression is off or a no-op, the compressed pass otherwise (see the module note)."""
         spec = self.compression_spec if isinstance(compression, str) and compression == FROM_CONFIG else compression
         if spec is not None and not isinstance(spec, CompressionSpec):
             raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {spec!r}")
+        num_layers = self.config.text_config.num_hidden_layers
         if spec is not None:
-            spec.check_fits(self.config.text_config.num_hidden_layers)
-        if spec is None or spec.is_noop(self.config.text_config.num_hidden_layers):
-            if use_cache is not None:
-                kwargs["use_cache"] = use_cache
-            out = super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                logits_to_keep=logits_to_keep,
-                **visual,
-                **kwargs,
-            )
-            if not isinstance(out, ModelOutput) or input_ids is None:
-                return out
+            spec.check_fits(num_layers)
+        if spec is not None and not spec.is_noop(num_layers):
+            # generate() passes an empty `mm_encoder_outputs` when nothing was encoded
+            given = {k: v for k, v in visual.items() if v is not None and not (isinstance(v, dict) and not v)}
+            return self._compressed_forward(spec, given, **inputs, **kwargs)
+        if not output_compression:
+            return super().forward(**inputs, **visual, **kwargs)
+        out = super().forward(**inputs, **visual, **kwargs, return_dict=True)
+        input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        mask = mask if mask is not None and mask.ndim == 2 else None  # a prepared 4D mask says nothing of padding
+        stats = None
+        if input_ids is not None:
             visual_tokens = self._is_visual(input_ids)
-            if attention_mask is not None:
-                visual_tokens &= attention_mask[:, -input_ids.shape[1] :].bool()  # decode: mask spans the past too
+            if mask is not None:
+                visual_tokens &= mask[:, -input_ids.shape[1] :].bool()  # decode: the mask spans the past too
             n = visual_tokens.sum(1)
-            return CompressedCausalLMOutput(**out, compression=self._stats(spec, n, n), attention_mask=attention_mask)
-        return self._compressed_forward(
-            spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache,
-            logits_to_keep, **kwargs,
-        )
+            stats = self._stats(spec, n, n)
+        return CompressedCausalLMOutput(**out, compression=stats, attention_mask=mask)
 
     def _compressed_forward(
-        self, spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels, use_cache,
-        logits_to_keep, **kwargs,
+        self, spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+        logits_to_keep, use_cache=None, **kwargs,
     ):
         for flag in ("output_attentions", "output_hidden_states"):
-            if kwargs.pop(flag, False):
+            asked = kwargs.pop(flag, None)
+            if asked if asked is not None else getattr(self.config, flag, False):
                 raise ValueError(f"{flag}=True is not supported with visual compression (sequence lengths change)")
-        return_dict = kwargs.pop("return_dict", None)
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("visual compression finds the visual segments from input_ids: pass input_ids only")
+        if labels is not None and kwargs.get("shift_labels") is not None:
+            raise ValueError(
+                "shift_labels (targets aligned with the full sequence, for sequence-parallel training) cannot be "
+                "used with visual compression, which shortens the sequence inside the model: pass labels only"
+            )
         if use_cache is None:
             use_cache = bool(self.config.text_config.use_cache) and not self.training
 
-        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None and bool(self._is_visual(input_ids).any()):
-            raise ValueError(
-                "input_ids repeat visual tokens that the compressed KV cache already holds: pass only new tokens. "
-                "(Continuing generate() from a returned cache needs layer >= 1: with layer=0 every cache layer "
-                "is compressed and transformers cannot tell how many prompt tokens it holds.)"
-            )
+        if getattr(past_key_values, CACHE_STATE_ATTR, None) is not None:
+            given = [k for k in PIXEL_INPUTS if k in visual]
+            if given:
+                raise ValueError(
+                    f"{given} given with a compressed KV cache, which already holds the prompt's visual tokens: pass "
+                    "only the new tokens (to continue generate() from a returned cache, pass the ids and attention "
+                    "mask without pixel values, as the stock class needs too)"
+                )
+        # Placeholder ids without their pixel inputs are text, as in the stock forward: so is every id appended to
+        # a compressed prefill, including a placeholder id that a model generates.
         inputs_embeds, segment_lengths, visual_states = self._embed_multimodal(input_ids, visual)
-        stray = [t for t in self._visual_token_ids() if t not in segment_lengths and bool((input_ids == t).any())]
-        if stray:
-            raise ValueError(f"input_ids hold visual placeholder id(s) {stray} but no matching pixel values were given")
         layout = find_segments(input_ids, segment_lengths)
 
         query_index = None
@@ -148,11 +181,10 @@ class _CompressedMixin:
         else:  # a decode step: text only, appended after the compressed prefill
             zeros = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             stats, mask = self._stats(spec, zeros, zeros), None
-        out = CompressedCausalLMOutput(
+        return CompressedCausalLMOutput(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, compression=stats,
             attention_mask=mask, **visual_states,
         )
-        return out.to_tuple() if return_dict is False else out
 
 
 class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGeneration):
@@ -160,6 +192,7 @@ class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGene
 
     _visual_token_attrs = ("image_token_id",)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -171,22 +204,25 @@ class LlavoltaForConditionalGeneration(_CompressedMixin, LlavaForConditionalGene
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
-        mm_encoder_outputs: dict | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         compression: CompressionSpec | None | str = FROM_CONFIG,
-        **kwargs,
-    ) -> CompressedCausalLMOutput:
+        output_compression: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | LlavaCausalLMOutputWithPast | CompressedCausalLMOutput:
         """LlavaForConditionalGeneration.forward, with visual tokens pooled per the config's compression spec.
 
-        `compression` overrides that spec for this call (the staged trainer passes each step's).
+        `compression` overrides that spec for this call (the staged trainer passes each step's);
+        `output_compression=True` returns the accounting even when nothing is compressed (see the module note).
         """
         visual = dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, image_sizes=image_sizes,
                       vision_feature_select_strategy=vision_feature_select_strategy,
                       mm_encoder_outputs=mm_encoder_outputs)
-        return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                             labels, use_cache, logits_to_keep, kwargs, compression)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                      logits_to_keep=logits_to_keep)
+        return self._forward(visual, inputs, kwargs, compression, output_compression)
 
     def _embed_multimodal(self, input_ids, visual):
         """Text embeddings with image features scattered in, and each image's token count."""
@@ -214,10 +250,13 @@ class VideoLlavoltaForConditionalGeneration(_CompressedMixin, VideoLlavaForCondi
 
     _visual_token_attrs = ("image_token_id", "video_token_id")
 
+    @can_return_tuple
+    @deprecate_kwarg("pixel_values_images", version="v5.23", new_name="pixel_values")  # as the stock forward
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        pixel_values_images: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -228,22 +267,25 @@ class VideoLlavoltaForConditionalGeneration(_CompressedMixin, VideoLlavaForCondi
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         compression: CompressionSpec | None | str = FROM_CONFIG,
-        **kwargs,
-    ) -> CompressedCausalLMOutput:
+        output_compression: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | VideoLlavaCausalLMOutputWithPast | CompressedCausalLMOutput:
         """VideoLlavaForConditionalGeneration.forward, with visual tokens pooled per frame and per image.
 
-        `compression` overrides the config's spec for this call (the staged trainer passes each step's).
+        `compression` overrides the config's spec for this call (the staged trainer passes each step's);
+        `output_compression=True` returns the accounting even when nothing is compressed (see the module note).
+        `pixel_values_images` is the old name of `pixel_values`, renamed before the body runs.
         """
-        if pixel_values is None:  # the name transformers used before 5.23
-            pixel_values = kwargs.pop("pixel_values_images", None)
         visual = dict(pixel_values=pixel_values, pixel_values_videos=pixel_values_videos,
                       vision_feature_layer=vision_feature_layer,
                       vision_feature_select_strategy=vision_feature_select_strategy,
                       mm_encoder_outputs=mm_encoder_outputs)
-        return self._forward(visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                             labels, use_cache, logits_to_keep, kwargs, compression)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                      logits_to_keep=logits_to_keep)
+        return self._forward(visual, inputs, {"use_cache": use_cache, **kwargs}, compression, output_compression)
 
     def _embed_multimodal(self, input_ids, visual):
         """Text embeddings with image and frame features scattered in, and each segment's token count."""
@@ -297,18 +339,16 @@ _COMPRESSED = {
 
 
 def share_key_conversions(cls, like: str) -> None:
-    """Give `cls` transformers' checkpoint key conversions of `like` (a class name or model type).
+    """Give `cls` transformers' checkpoint key conversions of the class named `like`.
 
-    transformers skips its renames for older layouts (e.g. llava-hf checkpoints saved by 4.x) on classes defined
-    outside it, and would then random-initialise the unmatched weights; our subclasses keep the stock weight names.
+    transformers looks conversions up by class name, then by model type. A subclass that keeps its parent's
+    weight names and has a model type with conversions (LLaVA, Video-LLaVA) gets them through
+    `StockModelingMixin`; one whose conversions are keyed by its parent's class name (CLIPVisionModel's older
+    `vision_model.` prefix) needs them registered under its own name.
     """
     mapping = get_checkpoint_conversion_mapping(like)
     if mapping is not None:
         register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
-
-
-share_key_conversions(LlavoltaForConditionalGeneration, "llava")
-share_key_conversions(VideoLlavoltaForConditionalGeneration, "video_llava")
 
 
 def enable_compression(model, spec: CompressionSpec | None):

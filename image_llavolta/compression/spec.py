@@ -80,11 +80,14 @@ class CompressionSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "CompressionSpec":
         """Build from a dict, rejecting unknown keys (a typo must not silently mean 'default')."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - set(SPEC_FIELDS)
         if unknown:
-            raise ValueError(f"unknown CompressionSpec field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown CompressionSpec field(s) {sorted(unknown)}; known: {sorted(SPEC_FIELDS)}")
         return cls(**data)
+
+
+# Named once: torch.compile traces the forward that reads a spec from its config, but not `dataclasses.fields`.
+SPEC_FIELDS = tuple(f.name for f in fields(CompressionSpec))
 
 
 def pooled_length(length: int, stride: int) -> int:
