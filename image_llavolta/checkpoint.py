@@ -1,4 +1,4 @@
-"""Loading LLaVA / Video-LLaVA checkpoints from local paths, strictly, with their compression setting."""
+"""Loading checkpoints from local paths, strictly, with their compression setting: the shared loader and LLaVA's."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,10 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from .compression import CONFIG_KEY, CompressionSpec, enable_compression
-from .compression.models import FROM_CONFIG, LlavoltaForConditionalGeneration, VideoLlavoltaForConditionalGeneration
-
-_CLASSES = {"llava": LlavoltaForConditionalGeneration, "video_llava": VideoLlavoltaForConditionalGeneration}
+from .compression import CONFIG_KEY, FROM_CONFIG, CompressionSpec, SpecArgument, check_spec_argument, enable_compression
+from .models.llava import LlavoltaForConditionalGeneration
 
 
 class CheckpointMismatchError(ValueError):
@@ -78,16 +76,17 @@ def load_model(cls, path, config: PretrainedConfig, allow: Callable[[str], bool]
     return model, missing, unexpected
 
 
-def load_pretrained(path: str | os.PathLike, compression: CompressionSpec | None | str = FROM_CONFIG, **kwargs):
-    """Load a Hugging Face-format LLaVA or Video-LLaVA directory; compression comes from its config unless given.
+def load_pretrained(path: str | os.PathLike, compression: SpecArgument = FROM_CONFIG,
+                    **kwargs) -> LlavoltaForConditionalGeneration:
+    """Load a Hugging Face-format LLaVA directory; compression comes from its config unless given.
 
-    Both the current layout and the one older transformers saved (`llava-1.5-7b-hf`, `Video-LLaVA-7B-hf`) load.
+    Both the current layout and the one older transformers saved (`llava-1.5-7b-hf`) load.
     """
     config = read_config(path)
-    cls = _CLASSES.get(config.model_type)
-    if cls is None:
-        raise ValueError(f"{path}: model_type {config.model_type!r} is not one of {sorted(_CLASSES)}")
-    if compression == FROM_CONFIG:
+    if config.model_type != "llava":
+        raise ValueError(f"{path}: model_type {config.model_type!r} is not 'llava' (Video-LLaVA checkpoints load "
+                         "with video_llavolta.checkpoint.load_pretrained)")
+    if check_spec_argument(compression) is FROM_CONFIG:
         compression = stored_compression(path, config)
-    model, _, _ = load_model(cls, path, config, **kwargs)
+    model, _, _ = load_model(LlavoltaForConditionalGeneration, path, config, **kwargs)
     return enable_compression(model, compression)

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from .compression import CompressionSpec, CompressionStats
+from .compression import CompressionSpec, CompressionStats, parse_spec, placeholder_ids
 from .flops import prefill_flops, projector_flops, vision_tower_flops
 
 # The paper's Table 5 (LLaVA-1.5-7B: N=32 layers, 576 visual tokens): (K, S) → (#Tokens, CR %, TFLOPs, latency ms).
@@ -60,7 +60,7 @@ def parse_specs(text: str) -> list[CompressionSpec | None]:
             settings.append(None)
             continue
         try:
-            settings.append(CompressionSpec.parse(item.replace(":", ",")))
+            settings.append(parse_spec(item.replace(":", ",")))
         except ValueError as err:
             raise ValueError(f"--specs: each setting is 'none' or 'K:S[:method]' (e.g. 2:8), got {item!r} in "
                              f"{text!r} ({err})") from None
@@ -352,7 +352,7 @@ def efficiency_report(model, inputs: dict, settings: list[CompressionSpec | None
 
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
-    visual = model._is_visual(ids) & (mask.bool() if mask is not None else True)
+    visual = torch.isin(ids, torch.tensor(placeholder_ids(model.config))) & (mask.bool() if mask is not None else True)
     visual_per_sample = visual.sum(1).tolist()
     return {
         "model": {
@@ -517,7 +517,7 @@ def build_tiny(video: bool, layers: int, hidden: int, image_size: int, patch_siz
     torch.manual_seed(seed)
     if video:
         from video_llavolta.configs import tiny_video_llava_config
-        from video_llavolta.modeling import build_model
+        from video_llavolta.models.video_llava import build_model
 
         return build_model(tiny_video_llava_config(layers=layers, hidden=hidden, image_size=image_size,
                                                    patch_size=patch_size, num_frames=frames))

@@ -37,8 +37,7 @@ import torch
 import transformers
 
 from .benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
-from .compression import CompressionSpec
-from .compression.models import FROM_CONFIG
+from .compression import FROM_CONFIG, CompressionSpec, SpecArgument
 from .configs import placeholder_tokens
 from .conversation import Template, resolve_template, tokenize_prompt
 from .generation import (
@@ -103,7 +102,7 @@ def run_benchmark(
     out_dir: str | os.PathLike,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
-    compression: CompressionSpec | None | str = FROM_CONFIG,
+    compression: SpecArgument = FROM_CONFIG,
     limit: int | None = None,
     rank: int = 0,
     world_size: int = 1,

@@ -27,15 +27,15 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from .compression import CompressionSpec
-from .compression.models import FROM_CONFIG
+from .compression import (
+    FROM_CONFIG, GRAMMAR, CompressedModelMixin, CompressionSpec, SpecArgument, check_spec_argument, parse_spec,
+    placeholder_ids,
+)
 from .conversation import TEMPLATE_KEY, TEMPLATES
 from .inputs import collate
 from .jsonio import failures_path, read_failures, read_jsonl, settings_path, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
-
-PLACEHOLDER_ATTRS = ("image_token_id", "video_token_id")  # config attributes holding visual placeholder ids
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,37 +55,13 @@ def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> str:
 # Compression and decoding
 
 
-def parse_compression(text: str) -> CompressionSpec | None | str:
-    """`none`, `from_config` or `K,S[,method]` (pool after layer K with stride S), as `resolve_compression` takes it."""
-    text = text.strip().lower()
-    if text == "none":
-        return None
-    if text == FROM_CONFIG:
-        return FROM_CONFIG
-    try:
-        return CompressionSpec.parse(text)
-    except ValueError as err:
-        raise ValueError(f"compression must be 'none', '{FROM_CONFIG}' or 'K,S' (e.g. 2,8): {err}") from None
-
-
-def resolve_compression(model, compression: CompressionSpec | None | str) -> CompressionSpec | None:
-    """The spec a run uses: the model config's for "from_config", else the one given (None = no compression)."""
-    if isinstance(compression, str):
-        if compression != FROM_CONFIG:
-            raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {compression!r}")
-        return getattr(model, "compression_spec", None)  # a stock transformers model compresses nothing
-    if compression is not None:
-        if not isinstance(compression, CompressionSpec):
-            raise ValueError(f"compression must be a CompressionSpec, None or {FROM_CONFIG!r}, got {compression!r}")
-        if not hasattr(model, "compression_spec"):
-            raise ValueError(f"{type(model).__name__} has no compressor: call enable_compression(model, None) first")
-        compression.check_fits(model.config.text_config.num_hidden_layers)
-    return compression
-
-
-def placeholder_ids(config) -> list[int]:
-    """The visual placeholder ids of a LLaVA / Video-LLaVA config (image, and video when it has one)."""
-    return sorted({getattr(config, a) for a in PLACEHOLDER_ATTRS if getattr(config, a, None) is not None})
+def resolve_compression(model, compression: SpecArgument) -> CompressionSpec | None:
+    """The spec a run uses: the model config's for FROM_CONFIG, else the one given (None = no compression)."""
+    if isinstance(model, CompressedModelMixin):
+        return model.resolve_compression(compression)
+    if check_spec_argument(compression) is None or compression is FROM_CONFIG:
+        return None  # a stock transformers model compresses nothing
+    raise ValueError(f"{type(model).__name__} has no compressor: call enable_compression(model, None) first")
 
 
 def generation_config(tokenizer, config, max_new_tokens: int) -> GenerationConfig:
@@ -120,7 +96,7 @@ def run_settings(model, tokenizer, compression_arg, compression: CompressionSpec
         "model_class": type(model).__name__,
         "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
         "compression": None if compression is None else compression.to_dict(),
-        "compression_from": FROM_CONFIG if isinstance(compression_arg, str) else "argument",
+        "compression_from": FROM_CONFIG.value if compression_arg is FROM_CONFIG else "argument",
         **specific,
         "template": template.to_dict(),
         "generation": generation_settings(generation),
@@ -359,9 +335,8 @@ def add_model_arguments(parser, what: str, compression: bool = True) -> None:
     parser.add_argument("--model", required=True, help=f"{what} checkpoint directory (Hugging Face layout)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
     if compression:
-        parser.add_argument("--compression", default=FROM_CONFIG, type=parse_compression,
-                            help="none, from_config (the checkpoint's, default) or K,S[,method] for test-time "
-                                 "compression")
+        parser.add_argument("--compression", default=FROM_CONFIG, type=parse_spec,
+                            help=f"test-time compression: {GRAMMAR}; default from_config, the checkpoint's")
     parser.add_argument("--template", choices=sorted(TEMPLATES),
                         help=f"conversation template (default: the one the checkpoint records in {TEMPLATE_KEY}, "
                              "else vicuna_v1)")

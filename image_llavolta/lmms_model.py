@@ -44,11 +44,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compression import CompressionSpec
-from .compression.models import FROM_CONFIG
+from .compression import FROM_CONFIG, CompressionSpec, SpecArgument, parse_spec
 from .configs import placeholder_tokens
 from .conversation import resolve_template, tokenize_prompt
-from .generation import generate_answers, generation_config, parse_compression, resolve_compression
+from .generation import generate_answers, generation_config, resolve_compression
 from .inputs import load_image
 
 try:  # the optional `eval` extra
@@ -63,13 +62,11 @@ MODEL_NAME = "llavolta"
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
 
 
-def parse_compression_arg(value) -> CompressionSpec | None | str:
-    """`from_config`, `none`, or `K:S[:method]` (also `K,S`) as lmms-eval's model arguments give it."""
-    if value is None:
-        return FROM_CONFIG
-    if isinstance(value, CompressionSpec):
-        return value
-    return parse_compression(str(value).replace(":", ","))
+def parse_compression_arg(value) -> SpecArgument:
+    """`from_config`, `none`, or `K:S[:method]` (also `K,S`): lmms-eval splits model arguments on commas."""
+    if value is None or value is FROM_CONFIG or isinstance(value, CompressionSpec):
+        return FROM_CONFIG if value is None else value
+    return parse_spec(str(value).replace(":", ","))
 
 
 def cut_at_stops(text: str, until: Sequence[str] | str | None) -> str:

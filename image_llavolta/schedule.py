@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .compression import CompressionSpec
+from .compression import CompressionSpec, spec_label
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Stage:
 
     def label(self) -> str:
         """'K=2,S=8' (plus the method unless avgpool) or 'none'."""
-        return "none" if self.spec is None else self.spec.label()
+        return spec_label(self.spec)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from .checkpoint import default_attn_implementation, load_pretrained, read_config
-from .compression import LlavoltaForConditionalGeneration, enable_compression
+from .compression import enable_compression
+from .models.llava import LlavoltaForConditionalGeneration
 from .configs import tiny_llava_config
 from .conversation import get_template
 from .data import InstructionDataset, ModalityLengthGroupedSampler, TrainCollator

@@ -7,7 +7,8 @@ from test_compressed_forward import video_inputs
 from tiny_models import tiny_video_llava
 from transformers import VideoLlavaForConditionalGeneration
 
-from image_llavolta.checkpoint import default_attn_implementation, load_pretrained
+from image_llavolta.checkpoint import default_attn_implementation
+from video_llavolta.checkpoint import load_pretrained
 from image_llavolta.compression import CompressionSpec, enable_compression
 
 

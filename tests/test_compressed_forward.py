@@ -193,7 +193,7 @@ def test_bf16_forward_and_backward():
 
 
 def test_bad_inputs_are_clear_errors():
-    with pytest.raises(ValueError, match="not LlamaForCausalLM"):
+    with pytest.raises(ValueError, match="no compression adapter is registered for LlamaForCausalLM"):
         enable_compression(LlamaForCausalLM(tiny_llava().config.text_config), CompressionSpec(1, 2))
     with pytest.raises(ValueError, match="outside the model"):
         enable_compression(tiny_llava(), CompressionSpec(5, 2))

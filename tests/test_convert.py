@@ -23,7 +23,7 @@ from image_llavolta.conversation import LLAVA_V1, checkpoint_template
 from image_llavolta.processing import preprocessing_mode
 from video_llavolta.checkpoint import load_pretrained
 from video_llavolta.convert import convert, main
-from video_llavolta.modeling import short_clip_policy
+from video_llavolta.configs import short_clip_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -83,7 +83,7 @@ def test_profiler_flops_match_analytic(kind):
         settings = [None, CompressionSpec(2, 4)]
     else:  # LanguageBind's temporal branch in the video tower
         from video_llavolta.configs import tiny_video_llava_config
-        from video_llavolta.modeling import build_model
+        from video_llavolta.models.video_llava import build_model
 
         model = build_model(tiny_video_llava_config(temporal_attention=True), seed=0).eval()
         batch = synthetic_batch(model, batch=2, text_tokens=6)

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 import image_llavolta.train as image_train
 from image_llavolta.checkpoint import load_pretrained
-from image_llavolta.compression import LlavoltaForConditionalGeneration
+from image_llavolta.models.llava import LlavoltaForConditionalGeneration
 from image_llavolta.configs import tiny_llava_config
 from image_llavolta.data import InstructionDataset, SampleFailure
 from image_llavolta.tokenizer import build_word_tokenizer

@@ -15,7 +15,7 @@ from PIL import Image
 from tiny_models import IMAGE, tiny_llava
 from tiny_tokenizer import word_tokenizer
 
-from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.compression import FROM_CONFIG, CompressionSpec, enable_compression
 from image_llavolta.conversation import VICUNA_V1, tokenize_prompt
 from image_llavolta.inputs import load_image
 from image_llavolta.lmms_model import Llavolta, cut_at_stops, parse_compression_arg
@@ -100,7 +100,7 @@ def visual(doc):
 def test_model_arguments():
     assert parse_compression_arg("2:8") == CompressionSpec(2, 8)
     assert parse_compression_arg("2,8,random") == CompressionSpec(2, 8, "random")
-    assert parse_compression_arg("none") is None and parse_compression_arg(None) == "from_config"
+    assert parse_compression_arg("none") is None and parse_compression_arg(None) is FROM_CONFIG
     with pytest.raises(ValueError, match="K,S"):
         parse_compression_arg("2x8")
     assert cut_at_stops("red. USER: next", ["USER:", "\n\n"]) == "red."

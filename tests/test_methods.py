@@ -8,7 +8,7 @@ from test_compressed_forward import llava_inputs, valid_rows, video_inputs
 from tiny_models import (FRAMES, IMAGE, PATCHES, VIDEO, pixels, reference_logits, sequence, tiny_llava,
                          tiny_video_llava)
 
-from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.compression import FROM_CONFIG, CompressionSpec, enable_compression, parse_spec, spec_label
 from image_llavolta.compression.methods import KMEANS_ITERATIONS, _fill_empty
 from image_llavolta.schedule import Stage
 
@@ -196,13 +196,15 @@ def test_generate_matches_recompute(method):
 
 
 def test_spec_parsing_labels_and_validation():
-    assert CompressionSpec.parse("2,8") == CompressionSpec(2, 8)
-    assert CompressionSpec.parse(" 2, 8, fastv") == CompressionSpec(2, 8, "fastv")
+    assert parse_spec("2,8") == CompressionSpec(2, 8)
+    assert parse_spec(" 2, 8, fastv") == CompressionSpec(2, 8, "fastv")
+    assert parse_spec("None") is None and parse_spec("from_config") is FROM_CONFIG
+    assert [spec_label(s) for s in (None, FROM_CONFIG, CompressionSpec(2, 8))] == ["none", "from_config", "K=2,S=8"]
     assert CompressionSpec(2, 8, "kmeans").label() == "K=2,S=8,kmeans"
     assert Stage.from_dict({"layer": 1, "stride": 4, "method": "random", "seed": 3, "fraction": 1.0}).spec == \
         CompressionSpec(1, 4, "random", 3)
     for bad in ("2", "2,8,median", "a,b", "2,8,fastv,1"):
         with pytest.raises(ValueError, match="K,S"):
-            CompressionSpec.parse(bad)
+            parse_spec(bad)
     with pytest.raises(ValueError, match="layer must be >= 1"):
         CompressionSpec(0, 4, "fastv")

@@ -13,13 +13,13 @@ from tiny_models import IMAGE, VIDEO
 from tiny_tokenizer import word_tokenizer
 
 from data_prep.synthetic import make_synthetic
-from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.compression import FROM_CONFIG, CompressionSpec, enable_compression
 from image_llavolta.conversation import LLAVA_V1, VICUNA_V1, record_template
 from video_llavolta.data import frame_dir_name
 from video_llavolta.frames import read_frames, write_frame_dir
 from video_llavolta.inputs import encode_sample
 from video_llavolta.judge import OfflineJudge, judge_predictions
-from video_llavolta.qa_inference import main, merge_predictions, parse_compression, run_inference, shard_path
+from video_llavolta.qa_inference import main, merge_predictions, run_inference, shard_path
 
 SEED = 2  # a tiny model whose answers differ between videos and with compression
 NEW_TOKENS = 4
@@ -80,11 +80,11 @@ def settings_of(pred_path):
         return json.load(f)
 
 
-@pytest.mark.parametrize("compression", [None, CompressionSpec(2, 4), "from_config"])
+@pytest.mark.parametrize("compression", [None, CompressionSpec(2, 4), FROM_CONFIG])
 def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, tokenizer, reference, compression):
-    spec = CompressionSpec(0, 8) if compression == "from_config" else compression
+    spec = CompressionSpec(0, 8) if compression is FROM_CONFIG else compression
     runner = model
-    if compression == "from_config":  # the same weights with the spec stored in the config
+    if compression is FROM_CONFIG:  # the same weights with the spec stored in the config
         runner = enable_compression(tiny(temporal=False, seed=SEED), spec)
     out = str(tmp_path / "preds.jsonl")
     summary = run_inference(runner, tokenizer, data["qa"], out, data["videos"], batch_size=5,
@@ -107,7 +107,7 @@ def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, toke
     assert sidecar["status"] == "complete" and sidecar["counts"]["predicted"] == n
     settings = sidecar["settings"]
     assert settings["compression"] == (None if spec is None else spec.to_dict())
-    assert settings["compression_from"] == ("from_config" if compression == "from_config" else "argument")
+    assert settings["compression_from"] == ("from_config" if compression is FROM_CONFIG else "argument")
     assert settings["num_frames"] == 8 and settings["prompt"] == "<video>\\n{question}"
     assert settings["short_clip"] == "linspace" and settings["template"]["name"] == "vicuna_v1"
     assert settings["generation"]["do_sample"] is False and settings["generation"]["max_new_tokens"] == NEW_TOKENS
@@ -304,10 +304,6 @@ def test_merge_checks_every_id_once_and_joins_answers_by_id(tmp_path, data):
     assert gone not in {m["question_id"] for m in read_jsonl(out)}
 
 
-def test_compression_and_shard_names():
-    assert parse_compression("none") is None and parse_compression("from_config") == "from_config"
-    assert parse_compression("2,8") == CompressionSpec(2, 8)
-    with pytest.raises(ValueError, match="K,S"):
-        parse_compression("2x8")
+def test_shard_names():
     assert shard_path("out/preds.jsonl", 0, 1) == "out/preds.jsonl"
     assert shard_path("out/preds.jsonl", 3, 8) == "out/preds.rank3-of-8.jsonl"

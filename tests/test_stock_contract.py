@@ -17,10 +17,10 @@ from transformers import (CompileConfig, LlavaForConditionalGeneration, LogitsPr
                           VideoLlavaForConditionalGeneration)
 from transformers.cache_utils import Cache
 
-from image_llavolta.compression import (CompressionSpec, LlavoltaForConditionalGeneration,
-                                        VideoLlavoltaForConditionalGeneration, enable_compression)
+from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.models.llava import LlavoltaForConditionalGeneration
 from video_llavolta.configs import tiny_video_llava_config
-from video_llavolta.modeling import VideoLlavaLanguageBindForConditionalGeneration
+from video_llavolta.models.video_llava import VideoLlavoltaForConditionalGeneration
 
 NOOP_SPECS = [None, CompressionSpec(4, 2), CompressionSpec(1, 1)]  # the tiny models have 4 decoder layers
 
@@ -128,7 +128,6 @@ def test_the_spec_is_parsed_once_per_config_value():
 @pytest.mark.parametrize("ours_cls,stock_cls", [
     (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration),
     (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration),
-    (VideoLlavaLanguageBindForConditionalGeneration, VideoLlavaForConditionalGeneration),
 ])
 def test_forward_signature_is_the_stock_one_plus_the_compression_arguments(ours_cls, stock_cls):
     ours = inspect.signature(ours_cls.forward).parameters
@@ -163,7 +162,6 @@ MISSING = ("encoder.layers.0.self_attn.", "class_embedding", "language_model.mod
 @pytest.mark.parametrize("ours_cls,make", [
     (LlavoltaForConditionalGeneration, tiny_llava),
     (VideoLlavoltaForConditionalGeneration, tiny_video_llava),
-    (VideoLlavaLanguageBindForConditionalGeneration, tiny_video_llava),
 ])
 def test_weights_missing_from_a_checkpoint_initialise_as_stock(tmp_path, ours_cls, make):
     stock = make()
@@ -179,7 +177,7 @@ def test_weights_missing_from_a_checkpoint_initialise_as_stock(tmp_path, ours_cl
 
 @pytest.mark.parametrize("ours_cls,stock_cls,make", [
     (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration, tiny_llava),
-    (VideoLlavaLanguageBindForConditionalGeneration, VideoLlavaForConditionalGeneration, tiny_video_llava),
+    (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration, tiny_video_llava),
 ])
 def test_a_model_built_from_a_config_initialises_as_stock(ours_cls, stock_cls, make):
     config = make().config
@@ -192,12 +190,12 @@ def test_a_model_built_from_a_config_initialises_as_stock(ours_cls, stock_cls, m
 
 def test_missing_temporal_weights_take_clips_and_languagebinds_initialisation(tmp_path):
     # Loading a checkpoint without the temporal branch (the HF port's layout) into the temporal model.
-    plain = VideoLlavaLanguageBindForConditionalGeneration._from_config(tiny_video_llava_config(vocab_size=96))
+    plain = VideoLlavoltaForConditionalGeneration._from_config(tiny_video_llava_config(vocab_size=96))
     plain.save_pretrained(tmp_path)
     config = tiny_video_llava_config(vocab_size=96, temporal_attention=True)
     config.save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = VideoLlavaLanguageBindForConditionalGeneration.from_pretrained(tmp_path)
+    model = VideoLlavoltaForConditionalGeneration.from_pretrained(tmp_path)
     vision = config.vision_config
     dim, depth, factor = vision.hidden_size, vision.num_hidden_layers, vision.initializer_factor
     # CLIP's `_init_weights` for attention blocks and LanguageBind's time embedding (std of ~dim² draws each)

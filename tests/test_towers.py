@@ -7,7 +7,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from image_llavolta.compression import CompressionSpec
 from video_llavolta.configs import tiny_video_llava_config
-from video_llavolta.modeling import build_model
+from video_llavolta.models.video_llava import build_model
 
 
 def tiny(temporal: bool, seed=0, vocab=96, **kw):

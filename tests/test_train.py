@@ -145,7 +145,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(synthetic, tmp_path):
     assert report["total_optimizer_steps"] == 2
     trained = load_pretrained(tmp_path / "lora").state_dict()  # merged: plain weight names, strict load
     fresh = load_pretrained(tmp_path / "lora")  # same architecture...
-    from video_llavolta.modeling import build_model
+    from video_llavolta.models.video_llava import build_model
     initial = build_model(fresh.config, seed=0).state_dict()  # ...and the run's initial weights (seed 0)
     changed = {k for k in trained if not torch.equal(trained[k], initial[k])}
     assert any(".self_attn.q_proj." in k for k in changed)  # W + BA merged in

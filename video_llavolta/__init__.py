@@ -5,8 +5,8 @@ Import what you need from the module that holds it (the package itself imports n
 
 - `frames`: uniform frame sampling (decord, PyAV, frame directories) and its typed errors
 - `processing`: frame preprocessing (images: `image_llavolta.processing`)
-- `towers`: LanguageBind's video tower with temporal attention
-- `modeling`, `configs`: the Video-LLaVA model class, real and tiny configs, visual token counts
+- `models`: the model adapters (`video_llava`) and LanguageBind's video tower (`languagebind`)
+- `configs`: the fields the toolkit adds to Video-LLaVA configs, real and tiny configs, visual token counts
 - `checkpoint`, `convert`: strict loading of HF-format directories; the original-layout converter
 - `inputs`: prompt + media → model inputs, batching
 

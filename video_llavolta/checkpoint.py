@@ -4,22 +4,23 @@ from __future__ import annotations
 import logging
 import os
 
-from image_llavolta.checkpoint import FROM_CONFIG, CheckpointMismatchError, load_model, read_config, stored_compression
-from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.checkpoint import CheckpointMismatchError, load_model, read_config, stored_compression
+from image_llavolta.compression import FROM_CONFIG, SpecArgument, check_spec_argument, enable_compression
 
-from .modeling import TEMPORAL_KEY, VideoLlavaLanguageBindForConditionalGeneration, temporal_attention
-from .towers import TemporalCLIPEncoderLayer, is_temporal_key
+from .configs import TEMPORAL_KEY, temporal_attention
+from .models.languagebind import TemporalCLIPEncoderLayer, is_temporal_key
+from .models.video_llava import VideoLlavoltaForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 
 def load_pretrained(
     path: str | os.PathLike,
-    compression: CompressionSpec | None | str = FROM_CONFIG,
+    compression: SpecArgument = FROM_CONFIG,
     temporal: bool | None = None,
     ignore_temporal_mismatch: bool = False,
     **kwargs,
-) -> VideoLlavaLanguageBindForConditionalGeneration:
+) -> VideoLlavoltaForConditionalGeneration:
     """Load a Video-LLaVA directory (`Video-LLaVA-7B-hf` layout or the toolkit's own) from a local path.
 
     `temporal` overrides the config's `video_temporal_attention`. A checkpoint whose temporal-attention weights
@@ -30,13 +31,13 @@ def load_pretrained(
     config = read_config(path)
     if config.model_type != "video_llava":
         raise ValueError(f"{path}: model_type {config.model_type!r} is not 'video_llava'")
-    if compression == FROM_CONFIG:
+    if check_spec_argument(compression) is FROM_CONFIG:
         compression = stored_compression(path, config)
     if temporal is not None:
         setattr(config, TEMPORAL_KEY, temporal)
     try:
         model, missing, unexpected = load_model(
-            VideoLlavaLanguageBindForConditionalGeneration, path, config,
+            VideoLlavoltaForConditionalGeneration, path, config,
             allow=is_temporal_key if ignore_temporal_mismatch else lambda key: False, **kwargs,
         )
     except CheckpointMismatchError as err:

@@ -1,10 +1,44 @@
-"""Video-LLaVA configs: the real 7B shape and tiny ones for tests and the quickstart."""
+"""Video-LLaVA configs: the fields the toolkit adds to them, the real 7B shape and tiny ones for tests.
+
+Fields saved in `config.json`: `video_temporal_attention` (LanguageBind's temporal branch in the video tower,
+default off as in the HF port), `num_frames` (frames per video, 8 by default) and `llavolta_short_clip` (how a
+clip with fewer frames is sampled, `video_llavolta.frames.SHORT_CLIP_POLICIES`, default Video-LLaVA's "linspace").
+"""
 from __future__ import annotations
 
 from image_llavolta.configs import CLIP_VIT_L14, VICUNA_7B, image_tokens, tiny_text_config, tiny_vision_config
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
 
-from .modeling import DEFAULT_FRAMES, FRAMES_KEY, TEMPORAL_KEY, frame_tokens, num_frames
+from .frames import DEFAULT_SHORT_CLIP, SHORT_CLIP_POLICIES
+
+TEMPORAL_KEY = "video_temporal_attention"
+FRAMES_KEY = "num_frames"
+DEFAULT_FRAMES = 8
+SHORT_CLIP_KEY = "llavolta_short_clip"
+
+
+def temporal_attention(config: VideoLlavaConfig) -> bool:
+    """Whether the config asks for LanguageBind's temporal attention in the video tower."""
+    return bool(getattr(config, TEMPORAL_KEY, False))
+
+
+def num_frames(config: VideoLlavaConfig) -> int:
+    """Frames per video the model is configured for."""
+    return int(getattr(config, FRAMES_KEY, None) or DEFAULT_FRAMES)
+
+
+def short_clip_policy(config: VideoLlavaConfig) -> str:
+    """How the model's videos with fewer than `num_frames` frames are sampled (default: Video-LLaVA's linspace)."""
+    policy = getattr(config, SHORT_CLIP_KEY, None) or DEFAULT_SHORT_CLIP
+    if policy not in SHORT_CLIP_POLICIES:
+        raise ValueError(f"the model config's {SHORT_CLIP_KEY} {policy!r} is not one of {SHORT_CLIP_POLICIES}")
+    return policy
+
+
+def frame_tokens(config: VideoLlavaConfig) -> int:
+    """Visual tokens per video frame: every patch plus the CLS token (Video-LLaVA keeps it for frames)."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2 + 1
 
 
 def _finish(cfg: VideoLlavaConfig, frames: int, temporal: bool) -> VideoLlavaConfig:

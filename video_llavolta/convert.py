@@ -57,10 +57,8 @@ from image_llavolta.configs import image_tokens
 from image_llavolta.conversation import TEMPLATE_KEY
 from image_llavolta.processing import PREPROCESSING_KEY
 
-from .modeling import (
-    DEFAULT_FRAMES, FRAMES_KEY, SHORT_CLIP_KEY, TEMPORAL_KEY, VideoLlavaLanguageBindForConditionalGeneration,
-    frame_tokens,
-)
+from .configs import DEFAULT_FRAMES, FRAMES_KEY, SHORT_CLIP_KEY, TEMPORAL_KEY, frame_tokens
+from .models.video_llava import VideoLlavoltaForConditionalGeneration
 
 TOWERS = ("image_tower", "video_tower")
 # (source pattern, target) per source; the first matching pattern wins. Tower sources use LanguageBind's layout;
@@ -486,7 +484,7 @@ def convert(llm_dir: str, out_dir: str, image_tower_dir: str | None = None, vide
     weights, provenance = map_keys(sources, report)
     extend_vocabulary(weights, config.text_config.vocab_size)
     with torch.device("meta"):
-        expected = VideoLlavaLanguageBindForConditionalGeneration(config).state_dict()
+        expected = VideoLlavoltaForConditionalGeneration(config).state_dict()
     report.unused += [f"(mapped from {provenance[k]}) {k}" for k in weights if k not in expected]
     report.missing = sorted(k for k in expected if k not in weights)
     report.mismatched = [f"{k}: {provenance[k]} has {tuple(weights[k].shape)}, the model needs {tuple(v.shape)}"

@@ -12,7 +12,7 @@ from image_llavolta.inputs import collate, load_image
 
 from .configs import placeholder_tokens
 from .frames import SampledFrames, read_frames
-from .modeling import num_frames, short_clip_policy
+from .configs import num_frames, short_clip_policy
 from .processing import process_frames
 
 __all__ = ["Media", "collate", "encode_sample", "load_image", "load_video", "read_video"]  # collate and load_image: the image side's

@@ -50,7 +50,7 @@ from image_llavolta.probe import (
 from .frames import VideoError, video_source
 from .inputs import encode_sample, read_video
 from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions, read_jsonl
-from .modeling import frame_tokens, num_frames, short_clip_policy
+from .configs import frame_tokens, num_frames, short_clip_policy
 from .qa_inference import run_inference
 
 logger = logging.getLogger(__name__)

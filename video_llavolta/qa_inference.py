@@ -40,8 +40,7 @@ from collections.abc import Sequence
 import torch
 import transformers
 
-from image_llavolta.compression import CompressionSpec
-from image_llavolta.compression.models import FROM_CONFIG
+from image_llavolta.compression import FROM_CONFIG, SpecArgument
 from image_llavolta.conversation import Template, resolve_template
 from image_llavolta.generation import (  # the shared loop; re-exported here for the video harness's callers
     add_model_arguments,
@@ -52,7 +51,6 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
     run_settings,
     load_for_generation,
     merge_shards,
-    parse_compression,
     resolve_compression,
     shard_path,
 )
@@ -60,10 +58,10 @@ from image_llavolta.jsonio import read_jsonl
 
 from .frames import video_source
 from .inputs import encode_sample, read_video
-from .modeling import num_frames, short_clip_policy
+from .configs import num_frames, short_clip_policy
 
-__all__ = ["generate_answers", "generation_config", "main", "merge_predictions", "parse_compression", "read_qa",
-           "resolve_compression", "run_inference", "shard_path"]
+__all__ = ["generate_answers", "generation_config", "main", "merge_predictions", "read_qa", "resolve_compression",
+           "run_inference", "shard_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +107,7 @@ def run_inference(
     frames_root: str | os.PathLike | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 16,
-    compression: CompressionSpec | None | str = FROM_CONFIG,
+    compression: SpecArgument = FROM_CONFIG,
     template: Template | str | None = None,
     rank: int = 0,
     world_size: int = 1,

@@ -27,7 +27,7 @@ from image_llavolta.jsonio import read_jsonl
 
 from .frames import frame_dir_name, read_frames
 from .inputs import load_video
-from .modeling import num_frames
+from .configs import num_frames
 
 TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per target, background included
 

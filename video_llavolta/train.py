@@ -14,7 +14,7 @@ from image_llavolta.train_config import TrainConfig
 from .checkpoint import load_pretrained
 from .configs import tiny_video_llava_config
 from .data import InstructionDataset
-from .modeling import VideoLlavaLanguageBindForConditionalGeneration, build_model
+from .models.video_llava import VideoLlavoltaForConditionalGeneration, build_model
 
 ZERO3_REFUSAL = (
     "video training runs DeepSpeed ZeRO-2, not ZeRO-3: in a step, ranks holding only images and ranks holding "
@@ -23,7 +23,7 @@ ZERO3_REFUSAL = (
 )
 
 
-def model_for_run(config: TrainConfig, tokenizer) -> VideoLlavaLanguageBindForConditionalGeneration:
+def model_for_run(config: TrainConfig, tokenizer) -> VideoLlavoltaForConditionalGeneration:
     """The run's Video-LLaVA: a local checkpoint (compression off), or a tiny random one sized to the tokenizer."""
     m = config.model
     if m.path is not None:

@@ -1,20 +1,54 @@
-"""Visual Context Compressor: average pooling of visual tokens inside the LLM after layer K with stride S."""
-from .models import (
+"""Visual Context Compressor: average pooling of visual tokens inside the LLM after layer K with stride S.
+
+The core of the toolkit. It knows token ids, segment lengths, positions and hidden states, and no model family:
+families plug in through adapters (`adapter.CompressedModelMixin`), e.g. `image_llavolta.models.llava`.
+"""
+from .accounting import CompressionStats, compression_ratio, pooled_length, ratio_over_layers, tokens_over_layers
+from .adapter import (
+    ADAPTERS,
     CompressedCausalLMOutput,
-    LlavoltaForConditionalGeneration,
-    VideoLlavoltaForConditionalGeneration,
+    CompressedModelMixin,
+    StockModelingMixin,
+    adapter_for,
     enable_compression,
+    placeholder_ids,
 )
-from .spec import CONFIG_KEY, CompressionSpec, CompressionStats, compression_ratio, pooled_length
+from .cache import CompressedCache
+from .segments import find_segments
+from .spec import (
+    CONFIG_KEY,
+    FROM_CONFIG,
+    GRAMMAR,
+    CompressionSpec,
+    FromConfig,
+    SpecArgument,
+    check_spec_argument,
+    parse_spec,
+    spec_label,
+)
 
 __all__ = [
+    "ADAPTERS",
     "CONFIG_KEY",
+    "FROM_CONFIG",
+    "GRAMMAR",
+    "CompressedCache",
     "CompressedCausalLMOutput",
+    "CompressedModelMixin",
     "CompressionSpec",
     "CompressionStats",
-    "LlavoltaForConditionalGeneration",
-    "VideoLlavoltaForConditionalGeneration",
+    "FromConfig",
+    "SpecArgument",
+    "StockModelingMixin",
+    "adapter_for",
+    "check_spec_argument",
     "compression_ratio",
     "enable_compression",
+    "find_segments",
+    "parse_spec",
+    "placeholder_ids",
     "pooled_length",
+    "ratio_over_layers",
+    "spec_label",
+    "tokens_over_layers",
 ]

@@ -6,32 +6,16 @@ layer K and K+1. Attention implementations, gradient checkpointing and the KV ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from .cache import CompressedCache
 from .methods import fastv_query_index, slot_assignment
 from .pooling import CompressionPlan, average_pool, plan_compression
 from .scores import query_attention
 from .segments import VisualLayout
 from .spec import CompressionSpec
-
-# The compressed layers' padding mask travels with the cache it describes (set at prefill, read when decoding).
-CACHE_STATE_ATTR = "llavolta_state"
-
-
-@dataclass(frozen=True)
-class CacheState:
-    """What a decode step needs to know about a compressed prefill held in a KV cache."""
-
-    layer: int  # first compressed layer (K)
-    prefix_length: int  # full-length tokens (padding included) of the prefill
-    attention_mask: torch.Tensor  # (B, Lc) padding mask of the compressed prefill
-    text_tail: int  # trailing prefill slots that are text in every sample: the cache may be cropped that far
-
 
 def check_decoder(text_model) -> None:
     """Raise ValueError if `text_model` is not a decoder the compressed pass can drive."""
@@ -102,30 +86,16 @@ def compressed_decoder_forward(
                          "(generate() prepares one for a static cache: use the default dynamic cache)")
     batch, length, _ = inputs_embeds.shape
     k = spec.layer
-    if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=text_model.config)
-    state: CacheState | None = getattr(past_key_values, CACHE_STATE_ATTR, None)
-    decoding = state is not None
+    cache = _compressed_cache(text_model, past_key_values, use_cache)
+    decoding = cache is not None and cache.prefill is not None
     if decoding and layout.num_visual:
         raise ValueError("visual tokens cannot be appended to a compressed KV cache; start a new prefill")
-    if decoding and state.layer != k:
-        raise ValueError(f"the KV cache was filled with compression after layer {state.layer}, not {k}")
-    if not decoding and past_key_values is not None and past_key_values.get_seq_length() > 0:
-        raise ValueError("the KV cache already holds tokens that were not prefilled with visual compression")
+    if decoding and cache.prefill.layer != k:
+        raise ValueError(f"the KV cache was filled with compression after layer {cache.prefill.layer}, not {k}")
 
-    compressed_seen = past_key_values.get_seq_length(k) if decoding else 0
-    if decoding:
-        # Assisted decoding crops the cache, possibly back into the prefill's trailing text; text slots map
-        # one to one onto full-length tokens, pooled slots do not.
-        cropped = max(state.attention_mask.shape[1] - compressed_seen, 0)
-        if cropped > state.text_tail:
-            raise ValueError(
-                f"the compressed KV cache was cropped by {cropped} prefill tokens, past the last "
-                f"{state.text_tail} text tokens into pooled visual tokens; such a crop cannot be undone"
-            )
-        full_seen = state.prefix_length + compressed_seen - state.attention_mask.shape[1]
+    compressed_seen = cache.get_seq_length(k) if decoding else 0
     if position_ids is None:
-        start = full_seen if decoding else 0
+        start = cache.full_seen if decoding else 0
         position_ids = torch.arange(start, start + length, device=inputs_embeds.device)[None]
     position_ids = position_ids.expand(batch, -1)
 
@@ -134,40 +104,49 @@ def compressed_decoder_forward(
         query_index = fastv_query_index(batch, length, attention_mask).to(hidden.device)
     if k > 0:  # layers 1..K: exactly the stock pass
         hidden, scores = _run_layer_group(
-            text_model, text_model.layers[:k], hidden, attention_mask, position_ids, position_ids, past_key_values,
+            text_model, text_model.layers[:k], hidden, attention_mask, position_ids, position_ids, cache,
             use_cache, 0, kwargs, score_query=query_index if spec.method == "fastv" and not decoding else None)
 
     plan = None
     if decoding:
-        kept_prefix = state.attention_mask[:, : state.attention_mask.shape[1] - cropped]
-        appended = full_seen + length - (state.prefix_length - cropped)  # full tokens after the kept prefix
+        prefill = cache.prefill
+        appended = cache.decoded + length  # full-length tokens after the prefill, this step's included
         if attention_mask is not None:
-            new = attention_mask[:, state.prefix_length - cropped :]
+            new = attention_mask[:, prefill.full_length :]
             if new.shape[1] != appended:
                 hint = "" if k else (" (continuing generate() from a returned cache needs layer >= 1: with layer=0 "
                                      "every cache layer is compressed and transformers cannot tell how many prompt "
                                      "tokens it holds)")
                 raise ValueError(
-                    f"attention_mask covers {new.shape[1]} tokens after the prefill of {state.prefix_length}, "
+                    f"attention_mask covers {new.shape[1]} tokens after the prefill of {prefill.full_length}, "
                     f"but the KV cache and the input hold {appended}{hint}"
                 )
         else:
             new = torch.ones(batch, appended, dtype=torch.long, device=hidden.device)
-        short_mask = torch.cat([kept_prefix.to(new.device, new.dtype), new], dim=1)
+        short_mask = torch.cat([prefill.attention_mask.to(new.device, new.dtype), new], dim=1)
         short_positions = position_ids
     else:
         local_slot = slot_assignment(spec, layout, hidden, scores)
         plan = plan_compression(layout, attention_mask, position_ids, spec.stride, local_slot)
         hidden = average_pool(hidden, plan)
         short_mask, short_positions = plan.attention_mask, plan.position_ids
-        if past_key_values is not None:
-            tail = int(plan.text_tail.min()) if batch else 0
-            setattr(past_key_values, CACHE_STATE_ATTR, CacheState(k, length, short_mask, tail))
+        if cache is not None:
+            cache.record_prefill(k, length, short_mask, plan.text_tail)
 
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.
     contiguous = torch.arange(compressed_seen, compressed_seen + hidden.shape[1], device=hidden.device)
     hidden, _ = _run_layer_group(text_model, text_model.layers[k:], hidden, short_mask, short_positions,
-                                 contiguous.expand(batch, -1), past_key_values, use_cache, k, kwargs)
+                                 contiguous.expand(batch, -1), cache, use_cache, k, kwargs)
     hidden = text_model.norm(hidden)
-    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values), plan
+    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), plan
+
+
+def _compressed_cache(text_model, past_key_values, use_cache: bool) -> CompressedCache | None:
+    """The cache this pass fills or continues: a given CompressedCache, else a new one for an empty cache."""
+    if isinstance(past_key_values, CompressedCache):
+        return past_key_values
+    if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        raise ValueError("the KV cache already holds tokens that were not prefilled with visual compression")
+    # generate() hands the prefill an empty DynamicCache; the filled CompressedCache returned replaces it.
+    return CompressedCache(config=text_model.config) if use_cache or past_key_values is not None else None

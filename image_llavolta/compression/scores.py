@@ -7,8 +7,10 @@ one query and L keys, and leaves SDPA / FlashAttention in charge of the real pas
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
 def query_attention(
@@ -35,6 +37,7 @@ def query_attention(
     key = key.view(batch, length, -1, head_dim).transpose(1, 2)
     cos, sin = position_embeddings
     cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    apply_rotary_pos_emb = rotary_function(attn)
     query, _ = apply_rotary_pos_emb(query, query, cos[rows, query_index][:, None], sin[rows, query_index][:, None])
     _, key = apply_rotary_pos_emb(key, key, cos, sin)
     key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # grouped-query heads share keys
@@ -44,3 +47,12 @@ def query_attention(
         allowed = allowed & attention_mask.bool()
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     return logits.softmax(-1)
+
+
+def rotary_function(attention) -> Callable:
+    """The RoPE function of an attention module's own model file (transformers defines one in each)."""
+    fn = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
+    if fn is None:
+        raise ValueError(f"{type(attention).__name__}'s module defines no apply_rotary_pos_emb: one query's attention "
+                         "cannot be recomputed for this decoder")
+    return fn

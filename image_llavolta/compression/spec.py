@@ -1,10 +1,13 @@
-"""What to compress and how much: the compression spec, Eq. 3 and the per-forward token accounting."""
+"""What to compress and how much: the compression spec, and the one grammar command lines write it in.
+
+    none                 no compression (the stock forward)
+    from_config          the spec stored in the model's config (`llavolta_compression`)
+    K,S[,method]         pool after decoder layer K with stride S, e.g. 2,8 or 2,8,fastv
+"""
 from __future__ import annotations
 
-import math
+import enum
 from dataclasses import asdict, dataclass, fields
-
-import torch
 
 # How the visual tokens of a segment become ceil(L/S) tokens (all give the same count for the same S):
 #   avgpool: means of S consecutive tokens (the paper's compressor); random: a seeded random subset;
@@ -43,19 +46,6 @@ class CompressionSpec:
         if self.method == "fastv" and self.layer < 1 and self.stride > 1:
             raise ValueError("CompressionSpec(method='fastv') ranks tokens by layer K's attention, so layer must be >= 1")
 
-    @classmethod
-    def parse(cls, text: str) -> "CompressionSpec":
-        """'K,S' or 'K,S,method' (e.g. '2,8' or '2,8,fastv'), as command lines take it."""
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            if len(parts) not in (2, 3):
-                raise ValueError
-            return cls(int(parts[0]), int(parts[1]), *parts[2:])
-        except ValueError as err:
-            detail = f": {err}" if str(err) else ""
-            raise ValueError(f"a compression spec is 'K,S' or 'K,S,method' (e.g. 2,8 or 2,8,fastv), got {text!r}"
-                             f"{detail}") from None
-
     def label(self) -> str:
         """'K=2,S=8' for average pooling, 'K=2,S=8,fastv' for another method."""
         base = f"K={self.layer},S={self.stride}"
@@ -90,65 +80,50 @@ class CompressionSpec:
 SPEC_FIELDS = tuple(f.name for f in fields(CompressionSpec))
 
 
-def pooled_length(length: int, stride: int) -> int:
-    """Tokens left from a segment of `length` tokens: a last partial window is kept (averaged), never dropped."""
-    return math.ceil(length / stride)
+class FromConfig(enum.Enum):
+    """The type of `FROM_CONFIG`: "use the spec stored in the model's config", as a value no spec can be."""
+
+    FROM_CONFIG = "from_config"
+
+    def __repr__(self) -> str:
+        return "FROM_CONFIG"
 
 
-def compression_ratio(num_layers: int, layer: int, tokens_in: int, tokens_out: int) -> float:
-    """Eq. 3 of the paper: CR = N·L / ((N−K)·L_out + K·L), as a fraction (5.565 means 556.5%)."""
-    if num_layers < 1 or tokens_in < 0 or tokens_out < 0 or tokens_out > tokens_in:
-        raise ValueError(
-            f"compression_ratio needs num_layers >= 1 and 0 <= tokens_out <= tokens_in, got "
-            f"num_layers={num_layers}, tokens_in={tokens_in}, tokens_out={tokens_out}"
-        )
-    if layer < 0:
-        raise ValueError(f"compression_ratio needs layer >= 0, got {layer}")
-    if tokens_in == 0:
-        return 1.0
-    layer = min(layer, num_layers)
-    return num_layers * tokens_in / ((num_layers - layer) * tokens_out + layer * tokens_in)
+FROM_CONFIG = FromConfig.FROM_CONFIG
+SpecArgument = CompressionSpec | None | FromConfig  # what `compression=` takes everywhere
+GRAMMAR = "'none', 'from_config' or 'K,S[,method]' (e.g. 2,8 or 2,8,fastv)"
 
 
-@dataclass
-class CompressionStats:
-    """Visual-token accounting of one forward: per-sample tokens in/out of the compressor and Eq. 3."""
+def parse_spec(text: str) -> SpecArgument:
+    """A command line's compression: 'none' -> None, 'from_config' -> FROM_CONFIG, 'K,S[,method]' -> a spec."""
+    value = text.strip()
+    if value.lower() == "none":
+        return None
+    if value.lower() == FROM_CONFIG.value:
+        return FROM_CONFIG
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        return CompressionSpec(int(parts[0]), int(parts[1]), *parts[2:])
+    except ValueError as err:
+        detail = f": {err}" if str(err) else ""
+        raise ValueError(f"compression is {GRAMMAR}, got {text!r}{detail}") from None
 
-    num_layers: int
-    layer: int
-    stride: int
-    visual_tokens_in: torch.Tensor  # (batch,) visual tokens entering the compressor
-    visual_tokens_out: torch.Tensor  # (batch,) visual tokens leaving it
 
-    @property
-    def tokens_in(self) -> int:
-        """Visual tokens of the whole batch before pooling."""
-        return int(self.visual_tokens_in.sum())
+def spec_label(spec: SpecArgument) -> str:
+    """How reports name a setting: 'none', 'from_config', 'K=2,S=8' or 'K=2,S=8,fastv'."""
+    if spec is None:
+        return "none"
+    if spec is FROM_CONFIG:
+        return FROM_CONFIG.value
+    return spec.label()
 
-    @property
-    def tokens_out(self) -> int:
-        """Visual tokens of the whole batch after pooling."""
-        return int(self.visual_tokens_out.sum())
 
-    @property
-    def ratio(self) -> float:
-        """Eq. 3 over the batch's visual tokens."""
-        return compression_ratio(self.num_layers, self.layer, self.tokens_in, self.tokens_out)
+def check_spec_argument(value) -> SpecArgument:
+    """`value` if it is a CompressionSpec, None or FROM_CONFIG; a ValueError naming the grammar otherwise."""
+    if value is None or value is FROM_CONFIG or isinstance(value, CompressionSpec):
+        return value
+    raise ValueError(f"compression must be a CompressionSpec, None or FROM_CONFIG (text is parsed with parse_spec: "
+                     f"{GRAMMAR}), got {value!r}")
 
-    @property
-    def tokens_over_layers(self) -> int:
-        """The tables' '#Tokens': visual tokens summed over all decoder layers (batch total)."""
-        k = min(self.layer, self.num_layers)
-        return k * self.tokens_in + (self.num_layers - k) * self.tokens_out
-
-    def as_dict(self) -> dict:
-        """JSON-ready summary for logs and reports."""
-        return {
-            "layer": self.layer,
-            "stride": self.stride,
-            "num_layers": self.num_layers,
-            "visual_tokens_in": self.tokens_in,
-            "visual_tokens_out": self.tokens_out,
-            "tokens_over_layers": self.tokens_over_layers,
-            "compression_ratio": self.ratio,
-        }

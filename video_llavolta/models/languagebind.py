@@ -14,7 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-from image_llavolta.compression.models import StockModelingMixin, share_key_conversions
+from image_llavolta.compression import StockModelingMixin
 
 TEMPORAL_KEYS = ("temporal_embedding", "temporal_layer_norm1.", "temporal_attn.")
 
@@ -61,6 +61,8 @@ class TemporalCLIPEncoderLayer(CLIPEncoderLayer):
 class LanguageBindVideoTower(StockModelingMixin, CLIPVisionModel):
     """CLIP vision model with LanguageBind's temporal attention in every encoder block (T frames per video)."""
 
+    key_conversions_of = "CLIPVisionModel"  # the older `vision_model.` prefix
+
     def __init__(self, config: CLIPVisionConfig, num_frames: int):
         super().__init__(config)
         self.num_frames = num_frames
@@ -76,5 +78,3 @@ class LanguageBindVideoTower(StockModelingMixin, CLIPVisionModel):
         if isinstance(module, TemporalCLIPEncoderLayer):
             init.normal_(module.temporal_embedding, std=module.embed_dim**-0.5)
 
-
-share_key_conversions(LanguageBindVideoTower, "CLIPVisionModel")  # the older `vision_model.` prefix

@@ -1,0 +1,1 @@
+"""Model adapters of the image package: one module per model family (LLaVA)."""
