@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from video_llavolta.checkpoint import load_pretrained
-from video_llavolta.quickstart import main
+from llavolta.quickstart import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

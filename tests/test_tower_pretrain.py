@@ -11,7 +11,7 @@ import data_prep.synthetic as syn
 from data_prep.extract import extract_frames
 from video_llavolta.configs import tiny_video_llava_config
 from video_llavolta.models.video_llava import build_model
-from video_llavolta.tower_pretrain import (TARGETS, TowerPretrainConfig, load_patch_targets, lr_factor,
+from llavolta.tower_pretrain import (TARGETS, TowerPretrainConfig, load_patch_targets, lr_factor,
                                            pretrain_video_tower)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,6 @@
 """The quickstart: synthetic data → frames → train the baseline and a staged scheme → evaluate both → one table.
 
-    python -m video_llavolta.quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
+    python -m llavolta.quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
 
 Everything runs on CPU with a tiny Video-LLaVA-style model. Its video tower is first pretrained for two to three minutes
 (`tower_pretrain`: a stand-in for LanguageBind's pretraining) and then frozen, as in Video-LLaVA; both schemes start
@@ -45,7 +45,7 @@ def prepare_encoder(config, data: dict, out_dir: str, settings: TowerPretrainCon
     from image_llavolta.train import tokenizer_for_run
 
     from .tower_pretrain import load_patch_targets, pretrain_video_tower
-    from .train import model_for_run
+    from video_llavolta.train import model_for_run
 
     report_path = os.path.join(out_dir, "tower_pretrain.json")
     made_from = {"model": config.model.tiny, "seed": config.seed, "train": os.path.abspath(data["train"]),
@@ -68,9 +68,9 @@ def evaluate(run_dir: str, data: dict, judge: str, batch_size: int) -> dict:
     """Greedy answers on the synthetic test split, judged; returns the results dict."""
     from transformers import AutoTokenizer
 
-    from .checkpoint import load_pretrained
-    from .judge import OfflineJudge, OpenAIJudge, judge_predictions
-    from .qa_inference import run_inference
+    from video_llavolta.checkpoint import load_pretrained
+    from video_llavolta.judge import OfflineJudge, OpenAIJudge, judge_predictions
+    from video_llavolta.qa_inference import run_inference
 
     model = load_pretrained(run_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     from image_llavolta.train_config import load_config
 
     from .tower_pretrain import TowerPretrainConfig
-    from .train import train
+    from video_llavolta.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/video/quickstart.yaml")

@@ -25,9 +25,9 @@ from tqdm import tqdm
 from data_prep.synthetic import COLOURS, SHAPES, patch_labels
 from image_llavolta.jsonio import read_jsonl
 
-from .frames import frame_dir_name, read_frames
-from .inputs import load_video
-from .configs import num_frames
+from video_llavolta.frames import frame_dir_name, read_frames
+from video_llavolta.inputs import load_video
+from video_llavolta.configs import num_frames
 
 TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per target, background included
 
