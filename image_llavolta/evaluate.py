@@ -26,7 +26,6 @@ scores 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -52,10 +51,10 @@ from .generation import (
     resolve_compression,
     shard_path,
 )
-from .jsonio import read_failures, read_jsonl, settings_path, write_json, write_jsonl
+from .jsonio import read_failures, read_jsonl, read_settings, write_json, write_jsonl
 from .inputs import load_image
 from .processing import preprocessing_mode
-from .scoring import exact_match, extract_choice, normalize_answer, parse_yes_no, summarize, vqa_accuracy
+from .scoring import exact_match, extract_choice, normalize_vqa_answer, parse_yes_no, summarize, vqa_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ def score_answer(spec: BenchmarkSpec, record: dict, pred: str) -> dict:
     if spec.answer_type == "short_answer":
         score = vqa_accuracy(pred, answer) if spec.metric == "vqa_accuracy" else \
             exact_match(pred, answer if isinstance(answer, str) else answer[0])
-        return {"parsed": normalize_answer(pred), "score": score, "status": "scored"}
+        return {"parsed": normalize_vqa_answer(pred), "score": score, "status": "scored"}
     if spec.answer_type == "yes_no":
         parsed, reason = parse_yes_no(pred)
         truth = answer.strip().lower()
@@ -218,7 +217,7 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
     counts = _counts(rows)
     by_category = {c: {**m, **_counts([r for r in rows if r["category"] == c])}
                    for c, m in metrics["by_category"].items()}
-    settings = _stored_settings(settings_path(paths["predictions"]))
+    settings = read_settings(paths["predictions"])
     results = {
         "benchmark": spec.name,
         "metric": spec.metric,
@@ -248,14 +247,6 @@ def _counts(rows: Sequence[dict]) -> dict:
     return {"questions": len(rows), "answered": sum(r["status"] != "missing" for r in rows),
             "unparsed": sum(r["status"] == "unparsed" for r in rows),
             "missing": sum(r["status"] == "missing" for r in rows)}
-
-
-def _stored_settings(path: str) -> dict | None:
-    """The `settings` of a predictions file's settings sidecar, or None when there is none."""
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("settings")
 
 
 # ---------------------------------------------------------------------------------------------------
