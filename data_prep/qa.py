@@ -159,7 +159,8 @@ def join_qa(questions: list, answers: list, videos: dict[str, list[str]], spec: 
             problems["missing_videos"].append({"question_id": q[qid], "video_name": q[video], "looked_for": looked_for})
             continue
         if len(candidates) > 1:
-            problems["ambiguous_videos"].append({"question_id": q[qid], "candidates": candidates, "used": candidates[0]})
+            problems["ambiguous_videos"].append(
+                {"question_id": q[qid], "candidates": candidates, "used": candidates[0]})
         answer = a_unique[key]
         record = {"question_id": q[qid], "video": candidates[0], "question": q[spec.question_field],
                   "answer": answer[spec.answer_field]}

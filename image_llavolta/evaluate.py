@@ -293,7 +293,8 @@ def format_results(results: dict) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", required=True, help="benchmark spec YAML (configs/benchmarks/*.yaml)")
+    p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
+                   help="benchmark spec: a shipped one's name (gqa, pope, ...) or a spec YAML's path")
     p.add_argument("--data", required=True, help="the benchmark's question JSONL")
     p.add_argument("--out", required=True, help="output folder (files are named after the benchmark)")
     p.add_argument("--limit", type=int, help="only the first N questions of the question file")

@@ -15,6 +15,7 @@ from image_llavolta.benchmarks import BenchmarkSpec, build_prompt, load_spec, re
 from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.conversation import LLAVA_V1, VICUNA_V1, record_template, tokenize_prompt
 from image_llavolta.evaluate import format_results, main, output_paths, run_benchmark, score_benchmark
+from video_llavolta.benchmarks import VideoQASpec
 from image_llavolta.inputs import load_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,19 +138,34 @@ def test_specs_load_by_name_or_path_and_kind(tmp_path):
         load_spec(tmp_path / "no_such.yaml")
 
 
-@pytest.mark.parametrize("text,error", [
-    ("name: x\nanswer_type: short_answer\nmetric: exact_match\nsufix: a\n", r"unknown field\(s\) \['sufix'\]"),
-    ("name: x\nanswer_type: yes_no\nmetric: vqa_accuracy\n", "metric 'vqa_accuracy' does not fit answer_type 'yes_no'"),
-    ("name: x\nmetric: accuracy\n", r"missing field\(s\) \['answer_type'\]"),
-    ("name: x\nanswer_type: yes_no\nmetric: mme\n", "set category_field"),
-    ("name: x\nanswer_type: essay\nmetric: accuracy\n", "answer_type must be one of"),
-    ("- a list\n", "expected a mapping"),
+IMAGE_X = "name: x\nanswer_type: "
+VIDEO_X = "kind: video_qa\nname: x\n"
+
+
+@pytest.mark.parametrize("spec_class,text,error", [
+    (BenchmarkSpec, IMAGE_X + "short_answer\nmetric: exact_match\nsufix: a\n", r"unknown field\(s\) \['sufix'\]"),
+    (BenchmarkSpec, IMAGE_X + "yes_no\nmetric: vqa_accuracy\n", "'vqa_accuracy' does not fit answer_type 'yes_no'"),
+    (BenchmarkSpec, "name: x\nmetric: accuracy\n", r"missing field\(s\) \['answer_type'\]"),
+    (BenchmarkSpec, IMAGE_X + "yes_no\nmetric: mme\n", "set category_field"),
+    (BenchmarkSpec, IMAGE_X + "essay\nmetric: accuracy\n", "answer_type must be one of"),
+    (BenchmarkSpec, "- a list\n", "expected a mapping"),
+    (VideoQASpec, "name: x\n", "a benchmark spec of kind 'image', expected kind 'video_qa'"),
+    (VideoQASpec, "kind: video_qa\nsplit: test\n", r"missing field\(s\) \['name'\]"),
+    (VideoQASpec, VIDEO_X + "prefix: v_\n", r"unknown field\(s\) \['prefix'\]"),
+    (VideoQASpec, VIDEO_X + "prompt: '<video> {q}'\n", "prompt must hold <video> and {question} once"),
+    (VideoQASpec, VIDEO_X + "prompt: '{question}'\n", "prompt must hold <video>"),
+    (VideoQASpec, VIDEO_X + "video_extensions: [mp4]\n", "video_extensions must be a list of extensions"),
+    (VideoQASpec, VIDEO_X + "type_names: {0: a}\n", "type_names needs a type_field"),
+    (VideoQASpec, VIDEO_X + "judge: {model: m}\n", "missing 1 required positional argument: 'rubric'"),
+    (VideoQASpec, VIDEO_X + "judge: {model: m, rubric: r, temperature: 0}\n", r"judge: unknown field\(s\)"),
+    (VideoQASpec, VIDEO_X + "template: chatml\n", "unknown template 'chatml'"),
+    (VideoQASpec, VIDEO_X + "max_new_tokens: 0\n", "max_new_tokens must be an integer >= 1"),
 ])
-def test_bad_spec_names_the_file_and_field(tmp_path, text, error):
+def test_bad_spec_names_the_file_and_field(tmp_path, spec_class, text, error):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ValueError, match=f"{path}: .*{error}"):
-        load_spec(path)
+        load_spec(path, spec_class)
 
 
 MC = BenchmarkSpec(name="mc", answer_type="multiple_choice", metric="accuracy", hint_prefix="Context: ",

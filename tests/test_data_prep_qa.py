@@ -18,6 +18,17 @@ def touch(path) -> None:
     path.write_bytes(b"")
 
 
+def source(root, videos: list[str], questions: list, answers: list, names=("test_q.json", "test_a.json")):
+    """A benchmark source under `root`: empty video files in videos/, the two JSON files in qa/."""
+    for name in videos:
+        touch(root / "videos" / name)
+    qa_dir = root / "qa"
+    qa_dir.mkdir()
+    write_json(qa_dir / names[0], questions)
+    write_json(qa_dir / names[1], answers)
+    return qa_dir, root / "videos"
+
+
 @pytest.fixture
 def msvd(tmp_path):
     """An MSVD-style source with one of every problem; returns (qa_dir, video_root)."""
@@ -98,19 +109,12 @@ def test_nested_and_uppercase_extension_is_found(msvd, tmp_path):
 
 
 def test_activitynet_prefix(tmp_path):
-    videos = tmp_path / "videos"
-    touch(videos / "v_abc.mp4")
-    touch(videos / "xyz.mkv")  # no v_ prefix: not an ActivityNet file name
-    touch(videos / "v_xyz.webm")
-    touch(videos / "abc.mp4")  # decoy without the prefix
-    qa_dir = tmp_path / "qa"
-    qa_dir.mkdir()
-    write_json(qa_dir / "test_q.json", [
+    # xyz.mkv has no v_ prefix (not an ActivityNet file name); abc.mp4 is a decoy without the prefix
+    qa_dir, videos = source(tmp_path, ["v_abc.mp4", "xyz.mkv", "v_xyz.webm", "abc.mp4"], [
         {"video_name": "abc", "question_id": "a1", "question": "q1"},
         {"video_name": "xyz", "question_id": "a2", "question": "q2"},
         {"video_name": "nope", "question_id": "a3", "question": "q3"},
-    ])
-    write_json(qa_dir / "test_a.json", [
+    ], [
         {"question_id": "a3", "answer": "x3"},
         {"question_id": "a2", "answer": "x2"},
         {"question_id": "a1", "answer": "x1"},
@@ -125,13 +129,8 @@ def test_activitynet_prefix(tmp_path):
 
 
 def test_custom_spec_extensions(tmp_path):
-    videos = tmp_path / "videos"
-    touch(videos / "a.mp4")
-    touch(videos / "a.avi")
-    qa_dir = tmp_path / "qa"
-    qa_dir.mkdir()
-    write_json(qa_dir / "q.json", [{"video_name": "a", "question_id": 1, "question": "q"}])
-    write_json(qa_dir / "a.json", [{"question_id": 1, "answer": "x"}])
+    qa_dir, videos = source(tmp_path, ["a.mp4", "a.avi"], [{"video_name": "a", "question_id": 1, "question": "q"}],
+                            [{"question_id": 1, "answer": "x"}], names=("q.json", "a.json"))
     spec = VideoQASpec("mine", questions_file="q.json", answers_file="a.json", video_extensions=(".avi",))
     result, out_path, _ = convert_qa(spec, qa_dir, videos, tmp_path / "out")
     assert read_jsonl(out_path)[0]["video"] == "a.avi" and result.num_problems == 0
@@ -140,17 +139,11 @@ def test_custom_spec_extensions(tmp_path):
 
 def test_activitynet_upstream_layout_and_question_types(tmp_path):
     """Entries as MILVLG/activitynet-qa's dataset/test_q.json and test_a.json have them (type 3: yes/no)."""
-    videos = tmp_path / "all_test"
-    touch(videos / "v_1QIUV7WYKXg.mp4")
-    touch(videos / "v_9eniCub7u60.mkv")
-    qa_dir = tmp_path / "qa"
-    qa_dir.mkdir()
-    write_json(qa_dir / "test_q.json", [
+    qa_dir, videos = source(tmp_path, ["v_1QIUV7WYKXg.mp4", "v_9eniCub7u60.mkv"], [
         {"video_name": "1QIUV7WYKXg", "question": "is the athlete wearing trousers", "question_id": "v_1QIUV7WYKXg_3"},
         {"video_name": "9eniCub7u60", "question": "does the girl in black clothes have long hair",
          "question_id": "v_9eniCub7u60_2"},
-    ])
-    write_json(qa_dir / "test_a.json", [
+    ], [
         {"answer": "yes", "type": 3, "question_id": "v_9eniCub7u60_2"},
         {"answer": "no", "type": 3, "question_id": "v_1QIUV7WYKXg_3"},
     ])
