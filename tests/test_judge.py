@@ -358,3 +358,10 @@ def test_benchmarks_pinning_different_judges_need_a_choice():
     assert judge_model({"one": one, "two": two}, "judge-c-2030-01-01") == "judge-c-2030-01-01"
     assert judge_model({"one": one, "free": VideoQASpec("free")}) == "judge-a-2030-01-01"
     assert judge_model({}) == DEFAULT_JUDGE_MODEL
+
+
+def test_the_judge_imports_neither_torch_nor_transformers():
+    code = ("import sys, video_llavolta.judge, data_prep.qa; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert run.stdout.strip() == "[]"
