@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-qa", help="MSVD/MSRVTT/ActivityNet-QA to the unified QA JSONL",
                        description=qa.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", required=True, choices=sorted(qa.BENCHMARKS))
-    p.add_argument("--qa-dir", required=True, help="folder with test_q.json and test_a.json")
+    p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
+                   help="a video QA spec: a shipped one's name (msvd, msrvtt, activitynet) or a spec YAML's path")
+    p.add_argument("--qa-dir", required=True, help="folder with the spec's question and answer files")
     p.add_argument("--video-root", required=True, help="folder with the benchmark's videos")
-    p.add_argument("--out", required=True, help="output folder: <benchmark>_qa.jsonl and <benchmark>_qa_report.json")
+    p.add_argument("--out", required=True, help="output folder: <name>_qa.jsonl and <name>_qa_report.json")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem (identical duplicates included)")
     p.set_defaults(func=_convert_qa)
 

@@ -32,12 +32,12 @@ from functools import partial
 
 from tqdm import tqdm
 
-from video_llavolta.frames import ShortVideoWarning, VideoError, read_frames, write_frame_dir
+from video_llavolta.frames import VIDEO_EXTENSIONS, ShortVideoWarning, VideoError, read_frames, write_frame_dir
 from video_llavolta.frames import frame_dir_name as video_id  # one naming rule for writers and readers
 
 from image_llavolta.jsonio import write_jsonl
 
-from .io import VIDEO_EXTENSIONS, map_unordered
+from .io import map_unordered
 
 MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"

@@ -9,8 +9,6 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
 
 def map_unordered(fn: Callable, items: list, workers: int = 1) -> Iterator:
     """Yield fn(item) for every item as results finish: in-process for workers <= 1, else a process pool."""

@@ -1,15 +1,18 @@
 """convert-qa: MSVD-QA, MSRVTT-QA and ActivityNet-QA (Video-ChatGPT layout) to one unified JSONL.
 
-Source layout (Video-ChatGPT's quantitative evaluation)::
+What a benchmark's files look like is its spec (`configs/benchmarks/<name>_qa.yaml`, `video_llavolta.benchmarks`):
+the question and answer files, their field names, the video-name rule (ActivityNet's ``v_`` prefix) and the
+extensions to try. Source layout, with the shipped specs' names::
 
     <qa_dir>/test_q.json   [{"video_name": str, "question_id": int | str, "question": str}, ...]
-    <qa_dir>/test_a.json   [{"question_id": int | str, "answer": str}, ...]
+    <qa_dir>/test_a.json   [{"question_id": int | str, "answer": str, ["type": ...]}, ...]
     <video_root>/...       <prefix><video_name><ext>, anywhere below the root
 
 Output, one line per usable question, in test_q.json's order::
 
     {"question_id": <as in test_q.json>, "video": <path relative to video_root>, "question": str, "answer": str}
 
+plus "type" (named by the spec's type_names) when the spec has a type_field and the answer carries it.
 Questions and answers are joined by question_id (compared as str, so 7 and "7" are the same id),
 never by list position. Every problem is reported (counts and ids in the report JSON) and the
 question it touches is left out: malformed entries, duplicate ids (identical copies are kept once
@@ -23,8 +26,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from data_prep.io import VIDEO_EXTENSIONS, read_json_list
+from data_prep.io import read_json_list
 from image_llavolta.jsonio import write_json, write_jsonl
+from video_llavolta.benchmarks import VideoQASpec, load_qa_spec
 
 PROBLEMS = (
     "malformed_questions",
@@ -36,23 +40,6 @@ PROBLEMS = (
     "missing_videos",
     "ambiguous_videos",
 )
-
-
-@dataclass(frozen=True)
-class QASpec:
-    """Where a Video-ChatGPT-layout QA benchmark keeps its files and how its videos are named."""
-
-    questions_file: str = "test_q.json"
-    answers_file: str = "test_a.json"
-    video_prefix: str = ""  # prepended to video_name to get the file name
-    extensions: tuple[str, ...] = VIDEO_EXTENSIONS  # tried in this order
-
-
-BENCHMARKS: dict[str, QASpec] = {
-    "msvd": QASpec(),
-    "msrvtt": QASpec(),
-    "activitynet": QASpec(video_prefix="v_"),  # test_q.json says "abc", the file is v_abc.mp4
-}
 
 
 @dataclass
@@ -86,13 +73,18 @@ def load_entries(path: str | os.PathLike) -> list:
     return read_json_list(path, "entries")
 
 
-def _check_entry(entry, fields: dict[str, tuple[type, ...]]) -> str | None:
-    """Why an entry is malformed (first reason), or None when it is fine."""
+ID_TYPES = (int, str)
+
+
+def _check_entry(entry, fields: dict[str, tuple[type, ...]], optional: dict[str, tuple[type, ...]]) -> str | None:
+    """Why an entry is malformed (first reason), or None when it is fine; `optional` fields may be absent."""
     if not isinstance(entry, dict):
         return f"expected an object, got {type(entry).__name__}"
-    for name, types in fields.items():
+    for name, types in {**fields, **optional}.items():
         value = entry.get(name)
         if name not in entry:
+            if name in optional:
+                continue
             return f"missing field {name!r}"
         if isinstance(value, bool) or not isinstance(value, types):
             return f"field {name!r} is {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}"
@@ -101,25 +93,26 @@ def _check_entry(entry, fields: dict[str, tuple[type, ...]]) -> str | None:
     return None
 
 
-def _unique_by_id(entries: list, fields: dict, kind: str, problems: dict) -> tuple[dict[str, dict], set[str]]:
-    """Well-formed entries keyed by str(question_id), and all ids seen; malformed/duplicate ones reported."""
+def _unique_by_id(entries: list, id_field: str, fields: dict, optional: dict, kind: str,
+                  problems: dict) -> tuple[dict[str, dict], set[str]]:
+    """Well-formed entries keyed by str(id), and all ids seen; malformed/duplicate ones reported."""
     groups: dict[str, list[dict]] = {}
     for index, entry in enumerate(entries):
-        reason = _check_entry(entry, fields)
+        reason = _check_entry(entry, fields, optional)
         if reason:
-            qid = entry.get("question_id") if isinstance(entry, dict) else None
+            qid = entry.get(id_field) if isinstance(entry, dict) else None
             problems[f"malformed_{kind}"].append({"index": index, "question_id": qid, "reason": reason})
         else:
-            groups.setdefault(str(entry["question_id"]), []).append(entry)
+            groups.setdefault(str(entry[id_field]), []).append(entry)
     unique = {}
     for key, group in groups.items():
         if len(group) == 1:
             unique[key] = group[0]
             continue
         # Copies that differ only in int-vs-str id are the same entry.
-        identical = all({**e, "question_id": key} == {**group[0], "question_id": key} for e in group)
+        identical = all({**e, id_field: key} == {**group[0], id_field: key} for e in group)
         problems[f"duplicate_{kind}"].append(
-            {"question_id": group[0]["question_id"], "copies": len(group), "identical": identical, "kept": identical}
+            {"question_id": group[0][id_field], "copies": len(group), "identical": identical, "kept": identical}
         )
         if identical:
             unique[key] = group[0]
@@ -140,46 +133,46 @@ def index_videos(video_root: str | os.PathLike, extensions: tuple[str, ...]) -> 
     return {stem: [rel for _, rel in sorted(items)] for stem, items in found.items()}
 
 
-def join_qa(questions: list, answers: list, videos: dict[str, list[str]], spec: QASpec) -> QAResult:
-    """Join questions and answers by question_id and resolve each video; every problem is reported."""
+def join_qa(questions: list, answers: list, videos: dict[str, list[str]], spec: VideoQASpec) -> QAResult:
+    """Join questions and answers by the spec's id field and resolve each video; every problem is reported."""
     result = QAResult(records=[], num_questions=len(questions), num_answers=len(answers))
     problems = result.problems
-    id_types = (int, str)
+    qid, video = spec.id_field, spec.video_field
     q_unique, q_ids = _unique_by_id(
-        questions, {"video_name": (str,), "question_id": id_types, "question": (str,)}, "questions", problems
+        questions, qid, {video: (str,), qid: ID_TYPES, spec.question_field: (str,)}, {}, "questions", problems
     )
-    a_unique, a_ids = _unique_by_id(answers, {"question_id": id_types, "answer": (str,)}, "answers", problems)
+    a_unique, a_ids = _unique_by_id(answers, qid, {qid: ID_TYPES, spec.answer_field: (str,)},
+                                    {spec.type_field: ID_TYPES} if spec.type_field else {}, "answers", problems)
 
     for key in sorted(a_ids - q_ids, key=_natural):
-        problems["answers_without_question"].append(_first_id(answers, key))
+        problems["answers_without_question"].append(_first_id(answers, qid, key))
     for key, q in q_unique.items():  # dicts keep test_q.json's order
         if key not in a_ids:
-            problems["questions_without_answer"].append(q["question_id"])
+            problems["questions_without_answer"].append(q[qid])
             continue
         if key not in a_unique:  # its answer had conflicting duplicates: already reported
             continue
-        name = spec.video_prefix + q["video_name"]
-        candidates = videos.get(name, [])
+        stem = spec.video_file_stem(q[video])
+        candidates = videos.get(stem, [])
         if not candidates:
-            looked_for = name + "{" + ",".join(spec.extensions) + "}"
-            problems["missing_videos"].append(
-                {"question_id": q["question_id"], "video_name": q["video_name"], "looked_for": looked_for}
-            )
+            looked_for = stem + "{" + ",".join(spec.video_extensions) + "}"
+            problems["missing_videos"].append({"question_id": q[qid], "video_name": q[video], "looked_for": looked_for})
             continue
         if len(candidates) > 1:
             problems["ambiguous_videos"].append(
-                {"question_id": q["question_id"], "candidates": candidates, "used": candidates[0]}
-            )
-        answer = a_unique[key]["answer"]
-        result.records.append(
-            {"question_id": q["question_id"], "video": candidates[0], "question": q["question"], "answer": answer}
-        )
+                {"question_id": q[qid], "candidates": candidates, "used": candidates[0]})
+        answer = a_unique[key]
+        record = {"question_id": q[qid], "video": candidates[0], "question": q[spec.question_field],
+                  "answer": answer[spec.answer_field]}
+        if spec.type_field and spec.type_field in answer:
+            record["type"] = spec.type_name(answer[spec.type_field])
+        result.records.append(record)
     return result
 
 
-def _first_id(entries: list, key: str):
-    """The question_id, as written in the source, of the first entry whose id normalises to key."""
-    return next(e["question_id"] for e in entries if isinstance(e, dict) and str(e.get("question_id")) == key)
+def _first_id(entries: list, id_field: str, key: str):
+    """The id, as written in the source, of the first entry whose id normalises to key."""
+    return next(e[id_field] for e in entries if isinstance(e, dict) and str(e.get(id_field)) == key)
 
 
 def _natural(key: str):
@@ -188,27 +181,28 @@ def _natural(key: str):
 
 
 def convert_qa(
-    benchmark: str,
+    benchmark: str | os.PathLike | VideoQASpec,
     qa_dir: str | os.PathLike,
     video_root: str | os.PathLike,
     out_dir: str | os.PathLike,
-    spec: QASpec | None = None,
 ) -> tuple[QAResult, str, str]:
-    """Convert one benchmark; writes <out>/<benchmark>_qa.jsonl and its report, returns (result, paths)."""
-    if spec is None:
-        if benchmark not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
-        spec = BENCHMARKS[benchmark]
+    """Convert one benchmark (a spec, or a spec's name or path); writes <out>/<name>_qa.jsonl and its report.
+
+    Returns (result, output path, report path).
+    """
+    spec = benchmark if isinstance(benchmark, VideoQASpec) else load_qa_spec(benchmark)
     qa_dir, video_root = os.fspath(qa_dir), os.fspath(video_root)
     if not os.path.isdir(video_root):
         raise FileNotFoundError(f"{video_root}: video folder does not exist")
     q_path, a_path = os.path.join(qa_dir, spec.questions_file), os.path.join(qa_dir, spec.answers_file)
-    result = join_qa(load_entries(q_path), load_entries(a_path), index_videos(video_root, spec.extensions), spec)
+    videos = index_videos(video_root, spec.video_extensions)
+    result = join_qa(load_entries(q_path), load_entries(a_path), videos, spec)
 
-    out_path = os.path.join(out_dir, f"{benchmark}_qa.jsonl")
-    report_path = os.path.join(out_dir, f"{benchmark}_qa_report.json")
+    out_path = os.path.join(out_dir, f"{spec.name}_qa.jsonl")
+    report_path = os.path.join(out_dir, f"{spec.name}_qa_report.json")
     write_jsonl(out_path, result.records)
     write_json(report_path, result.report(
-        benchmark=benchmark, questions_file=q_path, answers_file=a_path, video_root=video_root, output=out_path
+        benchmark=spec.name, split=spec.split, spec=spec.to_dict(), questions_file=q_path, answers_file=a_path,
+        video_root=video_root, output=out_path,
     ))
     return result, out_path, report_path

@@ -2,6 +2,7 @@
 
 A spec names the benchmark, its answer type, the prompt suffix LLaVA-1.5 uses for it and the metric::
 
+    kind: image                        # the default; video QA specs say `kind: video_qa`
     name: gqa
     answer_type: short_answer          # short_answer | yes_no | multiple_choice
     metric: exact_match                # see METRICS_BY_TYPE
@@ -21,14 +22,19 @@ Question files are JSONL, one question a line; every record has
   optional `hint` (context shown above the question);
 - `category` (or the spec's `category_field`) when the spec breaks results down by it; MME needs it (subtask).
 
+`load_spec` reads every kind of spec (the class says which kind it expects), from a path or from the name of a
+shipped spec in configs/benchmarks/ (`gqa` -> configs/benchmarks/gqa.yaml).
+
 Prompt (the user turn of the spec's template): "<image>\\n" + [hint_prefix + hint + "\\n"] + question +
 ["\\nA. option\\nB. option ..."] + "\\n" + prompt_suffix, as LLaVA-1.5's evaluation builds it.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import ClassVar
 
 import yaml
 
@@ -49,8 +55,9 @@ DEFAULT_SUFFIX = {"short_answer": SHORT_ANSWER_SUFFIX, "yes_no": SHORT_ANSWER_SU
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """One benchmark: answer type, prompt suffix, metric and the layout of its question file."""
+    """One image benchmark: answer type, prompt suffix, metric and the layout of its question file."""
 
+    kind: ClassVar[str] = "image"
     name: str
     answer_type: str
     metric: str
@@ -96,9 +103,16 @@ class BenchmarkSpec:
         return ("question", self.answer_field, *extra)
 
 
-def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
-    """A benchmark spec from YAML, with errors that name the file and the field."""
-    path = os.fspath(path)
+# ---------------------------------------------------------------------------------------------------
+# Spec files: one loader for every kind of benchmark (image specs here, video QA specs in video_llavolta)
+
+# The shipped specs, found from the source tree (a checkout or an editable install); other specs are given by path.
+BENCHMARK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "benchmarks")
+DEFAULT_KIND = "image"  # a spec file without a `kind` field is an image benchmark (the format's first kind)
+
+
+def _read_yaml(path: str) -> dict:
+    """A spec file's mapping, with errors that name the file."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -108,15 +122,61 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of spec fields, got {type(data).__name__}")
-    known = {f.name for f in fields(BenchmarkSpec)}
+    return data
+
+
+def _is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path
+
+
+def spec_files(kind: str, folder: str | os.PathLike = BENCHMARK_DIR) -> dict[str, str]:
+    """{benchmark name: spec file} of the specs of one kind in `folder` (the shipped ones by default)."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(os.fspath(folder), "*.yaml"))):
+        data = _read_yaml(path)
+        if data.get("kind", DEFAULT_KIND) == kind and isinstance(data.get("name"), str):
+            found.setdefault(data["name"], path)
+    return found
+
+
+def find_spec(name_or_path: str | os.PathLike, kind: str, folder: str | os.PathLike = BENCHMARK_DIR) -> str:
+    """The spec file for a benchmark name (a shipped spec's `name`) or a path to a spec file."""
+    name_or_path = os.fspath(name_or_path)
+    if _is_path(name_or_path) or os.path.isfile(name_or_path):
+        return name_or_path
+    known = spec_files(kind, folder)
+    if name_or_path not in known:
+        raise ValueError(f"no {kind} benchmark named {name_or_path!r} in {os.fspath(folder)}; known: "
+                         f"{', '.join(sorted(known)) or 'none'} (or give the path of a spec file)")
+    return known[name_or_path]
+
+
+def load_spec(name_or_path: str | os.PathLike, spec_class: type | None = None):
+    """A benchmark spec (`spec_class`, default `BenchmarkSpec`) from its YAML file or a shipped spec's name.
+
+    The file's `kind` must be the class's (`spec_class.kind`); the other fields are the dataclass's, those without a
+    default required. Every error names the file and the field.
+    """
+    spec_class = spec_class or BenchmarkSpec
+    path = find_spec(name_or_path, spec_class.kind)
+    data = _read_yaml(path)
+    kind = data.pop("kind", DEFAULT_KIND)
+    if kind != spec_class.kind:
+        raise ValueError(f"{path}: a benchmark spec of kind {kind!r}, expected kind {spec_class.kind!r}")
+    known = {f.name for f in fields(spec_class)}
     if unknown := sorted(set(data) - known):
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
-    if missing := sorted(k for k in ("name", "answer_type", "metric") if k not in data):
+        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(known | {'kind'})}")
+    required = [f.name for f in fields(spec_class) if f.default is MISSING and f.default_factory is MISSING]
+    if missing := sorted(k for k in required if k not in data):
         raise ValueError(f"{path}: missing field(s) {missing}")
     try:
-        return BenchmarkSpec(**data)
-    except ValueError as err:
+        return spec_class(**data)
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Question files and prompts
 
 
 def _check(record, spec: BenchmarkSpec) -> str | None:

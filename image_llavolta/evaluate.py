@@ -26,7 +26,6 @@ scores 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -37,7 +36,7 @@ import torch
 import transformers
 
 from .benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
-from .compression import FROM_CONFIG, CompressionSpec, SpecArgument
+from .compression import FROM_CONFIG, CompressionSpec, SpecArgument, spec_label
 from .configs import placeholder_tokens
 from .conversation import Template, resolve_template, tokenize_prompt
 from .generation import (
@@ -52,10 +51,11 @@ from .generation import (
     resolve_compression,
     shard_path,
 )
-from .jsonio import read_failures, read_jsonl, settings_path, write_json, write_jsonl
+from .jsonio import read_failures, read_jsonl, read_settings, write_json, write_jsonl
 from .inputs import load_image
 from .processing import preprocessing_mode
-from .scoring import exact_match, extract_choice, normalize_answer, parse_yes_no, summarize, vqa_accuracy
+from .scoring import exact_match, extract_choice, normalize_vqa_answer, parse_yes_no, summarize, vqa_accuracy
+from .tables import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def score_answer(spec: BenchmarkSpec, record: dict, pred: str) -> dict:
     if spec.answer_type == "short_answer":
         score = vqa_accuracy(pred, answer) if spec.metric == "vqa_accuracy" else \
             exact_match(pred, answer if isinstance(answer, str) else answer[0])
-        return {"parsed": normalize_answer(pred), "score": score, "status": "scored"}
+        return {"parsed": normalize_vqa_answer(pred), "score": score, "status": "scored"}
     if spec.answer_type == "yes_no":
         parsed, reason = parse_yes_no(pred)
         truth = answer.strip().lower()
@@ -218,7 +218,7 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
     counts = _counts(rows)
     by_category = {c: {**m, **_counts([r for r in rows if r["category"] == c])}
                    for c, m in metrics["by_category"].items()}
-    settings = _stored_settings(settings_path(paths["predictions"]))
+    settings = read_settings(paths["predictions"])
     results = {
         "benchmark": spec.name,
         "metric": spec.metric,
@@ -250,14 +250,6 @@ def _counts(rows: Sequence[dict]) -> dict:
             "missing": sum(r["status"] == "missing" for r in rows)}
 
 
-def _stored_settings(path: str) -> dict | None:
-    """The `settings` of a predictions file's settings sidecar, or None when there is none."""
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("settings")
-
-
 # ---------------------------------------------------------------------------------------------------
 # The table
 
@@ -276,30 +268,23 @@ def _fmt(key: str, value) -> str:
 def format_results(results: dict) -> str:
     """The results as a plain-text table: counts and metrics overall and per category, then the aggregates."""
     settings = results.get("settings") or {}
-    spec = settings.get("compression")
-    compression = "none" if spec is None else f"K={spec['layer']},S={spec['stride']}" + \
-        ("" if spec.get("method", "avgpool") == "avgpool" else f",{spec['method']}")
-    lines = [f"{results['benchmark']} ({results['metric']})  model: {settings.get('model') or '?'}  "
-             f"compression: {compression if settings else '?'}"]
+    stored = settings.get("compression")
+    compression = spec_label(None if stored is None else CompressionSpec.from_dict(stored)) if settings else "?"
+    title = (f"{results['benchmark']} ({results['metric']})  model: {settings.get('model') or '?'}  "
+             f"compression: {compression}")
     metric_keys = list(results["overall"])
-    header = ["", *COUNT_KEYS, *metric_keys]
-    table = [[results["benchmark"], *(results["counts"][k] for k in COUNT_KEYS),
-              *(results["overall"][k] for k in metric_keys)]]
-    for category, m in results["by_category"].items():
-        table.append([f"  {category}", *(m[k] for k in COUNT_KEYS), *(m[k] for k in metric_keys)])
-    cells = [[row[0], *(_fmt(k, v) for k, v in zip(header[1:], row[1:]))] for row in table]
-    width = max(len(str(r[0])) for r in [header, *cells])
-    widths = [max(len(str(r[i])) for r in [header, *cells]) for i in range(1, len(header))]
-    for row in [header, *cells]:
-        lines.append(f"{row[0]:<{width}}" + "".join(f"  {str(v):>{w}}" for v, w in zip(row[1:], widths)))
-    for key, value in results["aggregate"].items():
-        lines.append(f"{key}: {_fmt(key, value)}")
-    if results["unparsed"]:
-        ids = ", ".join(str(u["question_id"]) for u in results["unparsed"][:5])
-        lines.append(f"unparsed: {len(results['unparsed'])} ({ids}{' ...' if len(results['unparsed']) > 5 else ''})")
-    if results["missing"]:
-        ids = ", ".join(str(u["question_id"]) for u in results["missing"][:5])
-        lines.append(f"missing: {len(results['missing'])} ({ids}{' ...' if len(results['missing']) > 5 else ''})")
+
+    def row(label: str, counts: dict, metrics: dict) -> list:
+        return [label, *(counts[k] for k in COUNT_KEYS), *(_fmt(k, metrics[k]) for k in metric_keys)]
+
+    rows = [row(results["benchmark"], results["counts"], results["overall"])]
+    rows += [row(f"  {category}", m, m) for category, m in results["by_category"].items()]
+    lines = [format_table(rows, ["", *COUNT_KEYS, *metric_keys], title=title)]
+    lines += [f"{key}: {_fmt(key, value)}" for key, value in results["aggregate"].items()]
+    for status in ("unparsed", "missing"):
+        if items := results[status]:
+            ids = ", ".join(str(u["question_id"]) for u in items[:5])
+            lines.append(f"{status}: {len(items)} ({ids}{' ...' if len(items) > 5 else ''})")
     return "\n".join(lines)
 
 
@@ -308,7 +293,8 @@ def format_results(results: dict) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", required=True, help="benchmark spec YAML (configs/benchmarks/*.yaml)")
+    p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
+                   help="benchmark spec: a shipped one's name (gqa, pope, ...) or a spec YAML's path")
     p.add_argument("--data", required=True, help="the benchmark's question JSONL")
     p.add_argument("--out", required=True, help="output folder (files are named after the benchmark)")
     p.add_argument("--limit", type=int, help="only the first N questions of the question file")

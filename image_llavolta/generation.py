@@ -33,7 +33,9 @@ from .compression import (
 )
 from .conversation import TEMPLATE_KEY, TEMPLATES
 from .inputs import collate
-from .jsonio import failures_path, read_failures, read_jsonl, settings_path, write_json, write_jsonl
+from .jsonio import (
+    check_settings, failures_path, read_failures, read_jsonl, read_settings, settings_path, write_json, write_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +126,6 @@ def generate_answers(model, tokenizer, samples: Sequence[dict], generation: Gene
 # The resumable loop
 
 
-def check_resumable(path: str, settings: dict) -> None:
-    """Refuse to append to predictions made with other settings."""
-    sidecar = settings_path(path)
-    if not os.path.exists(sidecar):
-        return
-    with open(sidecar, encoding="utf-8") as f:
-        stored = json.load(f).get("settings", {})
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} holds predictions made with other settings ({details}); "
-                         "write to another file or delete it to start over")
-
-
 def load_done(path: str, shard_ids: set[str]) -> dict[str, dict]:
     """Predictions already in `path` (id -> record); rewrites the file without a cut-off last line."""
     if not os.path.exists(path):
@@ -195,7 +183,7 @@ def answer_questions(
     path = os.fspath(path)
     done = load_done(path, {str(q["question_id"]) for q in questions})
     if done:
-        check_resumable(path, settings)
+        check_settings(path, read_settings(path), settings)
     pending = [q for q in questions if str(q["question_id"]) not in done]  # failures of earlier runs are retried
     run = {**run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(settings_path(path), {"settings": settings, "run": run, "status": "running"})
@@ -236,14 +224,6 @@ def answer_questions(
 
 # ---------------------------------------------------------------------------------------------------
 # Merging rank shards
-
-
-def _shard_settings(path: str) -> dict | None:
-    sidecar = settings_path(path)
-    if not os.path.exists(sidecar):
-        return None
-    with open(sidecar, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def merge_shards(
@@ -297,8 +277,8 @@ def merge_shards(
     ]
     errors = [f"{len(items)} {what}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
               for items, what in problems if items]
-    sidecars = [_shard_settings(p) for p in shard_paths]
-    common = [{k: v for k, v in s["settings"].items() if k != "rank"} for s in sidecars if s]
+    stored = [read_settings(p) for p in shard_paths]
+    common = [{k: v for k, v in s.items() if k != "rank"} for s in stored if s is not None]
     if any(c != common[0] for c in common):
         errors.append("the shards were made with different settings (model, compression or generation)")
     if common and common[0].get("world_size") != len(shard_paths):

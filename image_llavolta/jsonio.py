@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +97,25 @@ def read_failures(pred_path: str | os.PathLike, predicted: Iterable[str] = froze
     predicted = set(predicted)
     failures = {str(f["question_id"]): f for f in read_jsonl(failures_path(pred_path), missing_ok=True)}
     return {k: v for k, v in failures.items() if k not in predicted}
+
+
+def read_settings(pred_path: str | os.PathLike) -> dict | None:
+    """The `settings` a predictions file's settings sidecar records, or None when it has no sidecar."""
+    sidecar = settings_path(pred_path)
+    if not os.path.exists(sidecar):
+        return None
+    settings = read_json(sidecar, "settings").get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"{sidecar}: 'settings' must be a JSON object, got {type(settings).__name__}")
+    return settings
+
+
+def check_settings(path: str | os.PathLike, stored: Mapping | None, settings: Mapping,
+                   what: str = "predictions") -> None:
+    """Refuse to continue `path` (holding `what`) when its stored settings differ, naming every one that does."""
+    stored = dict(stored or {})
+    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise ValueError(f"{os.fspath(path)} holds {what} made with other settings ({details}); "
+                         "write elsewhere or delete it to start over")

@@ -35,7 +35,7 @@ from .compression import CompressionSpec, CompressionStats, pooled_length
 from .compression.scores import query_attention
 from .conversation import Template
 from .inputs import collate
-from .jsonio import read_json, write_json
+from .jsonio import check_settings, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +121,6 @@ def share_kept_from_stats(stats: CompressionStats) -> float:
     return stats.tokens_over_layers / (stats.num_layers * stats.tokens_in)
 
 
-def check_settings(path: str, stored: Mapping | None, settings: Mapping, what: str) -> None:
-    """Refuse to continue a results file written with other settings, naming the ones that differ."""
-    stored = dict(stored or {})
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} holds a {what} made with other settings ({details}); "
-                         "write to another folder or delete it to start over")
-
-
 def _point_record(spec, num_layers, segment_lengths) -> dict:
     share = share_kept(num_layers, spec, segment_lengths)
     return {
@@ -166,7 +156,7 @@ def run_sweep(
     records: dict[str, dict] = {}
     if os.path.exists(path):
         stored = read_json(path, "sweep")
-        check_settings(path, {k: stored.get(k) for k in identity}, identity, "sweep")
+        check_settings(path, {k: stored.get(k) for k in identity}, identity, "a sweep")
         for record in stored.get("points", []):
             records[record["name"]] = record
     names = [point_name(spec) for spec in points]

@@ -1,6 +1,6 @@
 """Scoring image-benchmark answers: VQA-style short answers, yes/no and multiple choice, and their metrics.
 
-Normalisation (`normalize_answer`) follows the standard VQAv2 evaluation, re-implemented: newlines and tabs to
+Normalisation (`normalize_vqa_answer`) follows the standard VQAv2 evaluation, re-implemented: newlines and tabs to
 spaces, lowercase; each punctuation mark in `PUNCTUATION` is deleted when it touches a space (or when the text
 holds a digit,digit comma, so "1,000" -> "1000"), else replaced by a space ("black/white" -> "black white"); a
 period is deleted unless a digit follows it ("3.5" stays); number words zero..ten become digits; the articles
@@ -72,7 +72,7 @@ def _punctuation(text: str) -> str:
     return _PERIOD.sub("", out)
 
 
-def normalize_answer(text: str) -> str:
+def normalize_vqa_answer(text: str) -> str:
     """VQA-style normalisation: lowercase, punctuation, number words as digits, no articles, contractions."""
     text = text.replace("\n", " ").replace("\t", " ").strip().lower()
     words = (NUMBER_WORDS.get(w, w) for w in _punctuation(text).split())
@@ -83,8 +83,8 @@ def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
     """VQA accuracy of a prediction against n human answers (exact match when n == 1); see the module doc."""
     if isinstance(answers, str) or not answers:
         raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
-    guess = normalize_answer(pred)
-    refs = [normalize_answer(a) for a in answers]
+    guess = normalize_vqa_answer(pred)
+    refs = [normalize_vqa_answer(a) for a in answers]
     if len(refs) == 1:
         return float(guess == refs[0])
     matches = [ref == guess for ref in refs]
@@ -95,7 +95,7 @@ def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
 
 def exact_match(pred: str, answer: str) -> float:
     """1.0 if the normalised prediction equals the normalised reference, else 0.0."""
-    return float(normalize_answer(pred) == normalize_answer(answer))
+    return float(normalize_vqa_answer(pred) == normalize_vqa_answer(answer))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ NEGATIONS = frozenset({"no", "not", "never", "none", "nothing"})
 
 def parse_yes_no(text: str) -> tuple[str | None, str | None]:
     """("yes" | "no", None), or (None, why) when the output says neither or both; see the module doc."""
-    words = normalize_answer(text).split()
+    words = normalize_vqa_answer(text).split()
     if not words:
         return None, "empty output"
     if words[0] in ("yes", "no"):
@@ -151,8 +151,8 @@ def extract_choice(text: str, options: Sequence[str]) -> tuple[str | None, str |
         return checked(named[0])
     if len(named) > 1:
         return None, f"ambiguous: names {', '.join(named)}"
-    said = normalize_answer(out)
-    same = [letter for letter, option in zip(valid, options) if said and normalize_answer(option) == said]
+    said = normalize_vqa_answer(out)
+    same = [letter for letter, option in zip(valid, options) if said and normalize_vqa_answer(option) == said]
     if len(same) == 1:
         return same[0], None
     if len(same) > 1:

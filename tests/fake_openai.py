@@ -8,7 +8,8 @@ request for a marker plays the n-th step of its list (the last step repeats). St
     {"status": 429, "headers": {...}}         an error status (body in OpenAI's error format)
     {"hang": 2.0, "reply": "text"}            sleep first (past the client's timeout), then reply
 No marker: reply `{"pred": "yes", "score": 4}`. Every request is recorded (time, marker, user message, model,
-temperature, Authorization header); every reply sent is appended to `log_path` as a JSON line.
+temperature, Authorization header, and the openai client's `x-stainless-retry-count`: 0 for a first attempt, n for
+its n-th retry of the same request); every reply sent is appended to `log_path` as a JSON line.
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ class FakeOpenAI:
                 with fake._lock:  # replies are sent under this lock too, so a death never cuts one in half
                     fake.requests.append({"time": time.monotonic(), "marker": marker, "user": user,
                                           "model": body.get("model"), "temperature": body.get("temperature"),
-                                          "auth": self.headers.get("Authorization")})
+                                          "auth": self.headers.get("Authorization"),
+                                          "retry_count": self.headers.get("x-stainless-retry-count")})
                     received = len(fake.requests)
                     if fake.die_after is not None and received > fake.die_after:
                         os._exit(1)  # killed mid-run: this request gets no answer

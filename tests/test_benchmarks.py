@@ -11,10 +11,11 @@ from PIL import Image
 from tiny_models import IMAGE, tiny_llava
 from tiny_tokenizer import word_tokenizer
 
-from image_llavolta.benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
+from image_llavolta.benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions, spec_files
 from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.conversation import LLAVA_V1, VICUNA_V1, record_template, tokenize_prompt
 from image_llavolta.evaluate import format_results, main, output_paths, run_benchmark, score_benchmark
+from video_llavolta.benchmarks import VideoQASpec
 from image_llavolta.inputs import load_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +95,11 @@ def questions(tmp_path_factory, reference):
 # Specs, question files, prompts
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "benchmarks", "*.yaml"))))
+IMAGE_SPECS = sorted(set(glob.glob(os.path.join(REPO, "configs", "benchmarks", "*.yaml")))
+                     - set(glob.glob(os.path.join(REPO, "configs", "benchmarks", "*_qa.yaml"))))
+
+
+@pytest.mark.parametrize("path", IMAGE_SPECS)
 def test_shipped_specs(path):
     spec = load_spec(path)
     expected = {"gqa": ("short_answer", "exact_match", "answer"), "vqav2": ("short_answer", "vqa_accuracy", "answers"),
@@ -110,22 +115,57 @@ def test_shipped_specs(path):
 
 def test_shipped_spec_set_is_complete():
     names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(REPO, "configs", "benchmarks", "*.yaml"))}
-    assert names == {"gqa", "vqav2", "textvqa", "pope", "mme", "scienceqa_img", "mmbench", "seed_bench_img"}
+    image = {"gqa", "vqav2", "textvqa", "pope", "mme", "scienceqa_img", "mmbench", "seed_bench_img"}
+    assert names == image | {"msvd_qa", "msrvtt_qa", "activitynet_qa"}
+    assert set(spec_files("image")) == image  # found by their `name`, which is the file name here
 
 
-@pytest.mark.parametrize("text,error", [
-    ("name: x\nanswer_type: short_answer\nmetric: exact_match\nsufix: a\n", r"unknown field\(s\) \['sufix'\]"),
-    ("name: x\nanswer_type: yes_no\nmetric: vqa_accuracy\n", "metric 'vqa_accuracy' does not fit answer_type 'yes_no'"),
-    ("name: x\nmetric: accuracy\n", r"missing field\(s\) \['answer_type'\]"),
-    ("name: x\nanswer_type: yes_no\nmetric: mme\n", "set category_field"),
-    ("name: x\nanswer_type: essay\nmetric: accuracy\n", "answer_type must be one of"),
-    ("- a list\n", "expected a mapping"),
+def test_specs_load_by_name_or_path_and_kind(tmp_path):
+    assert load_spec("pope") == load_spec(os.path.join(REPO, "configs", "benchmarks", "pope.yaml"))
+    with pytest.raises(ValueError, match=r"no image benchmark named 'pop'.*known: gqa, mmbench, mme, pope"):
+        load_spec("pop")
+    with pytest.raises(ValueError, match="msvd_qa.yaml: a benchmark spec of kind 'video_qa', expected kind 'image'"):
+        load_spec(os.path.join(REPO, "configs", "benchmarks", "msvd_qa.yaml"))
+    with pytest.raises(ValueError, match="no image benchmark named 'msvd'"):  # names are looked up within a kind
+        load_spec("msvd")
+    path = tmp_path / "old.yaml"  # written before specs had a kind: an image spec
+    path.write_text("name: old\nanswer_type: yes_no\nmetric: accuracy\n")
+    assert load_spec(path).answer_type == "yes_no"
+    path.write_text("kind: audio\nname: old\nanswer_type: yes_no\nmetric: accuracy\n")
+    with pytest.raises(ValueError, match="kind 'audio', expected kind 'image'"):
+        load_spec(path)
+    with pytest.raises(FileNotFoundError, match="no_such.yaml: no such benchmark spec"):
+        load_spec(tmp_path / "no_such.yaml")
+
+
+IMAGE_X = "name: x\nanswer_type: "
+VIDEO_X = "kind: video_qa\nname: x\n"
+
+
+@pytest.mark.parametrize("spec_class,text,error", [
+    (BenchmarkSpec, IMAGE_X + "short_answer\nmetric: exact_match\nsufix: a\n", r"unknown field\(s\) \['sufix'\]"),
+    (BenchmarkSpec, IMAGE_X + "yes_no\nmetric: vqa_accuracy\n", "'vqa_accuracy' does not fit answer_type 'yes_no'"),
+    (BenchmarkSpec, "name: x\nmetric: accuracy\n", r"missing field\(s\) \['answer_type'\]"),
+    (BenchmarkSpec, IMAGE_X + "yes_no\nmetric: mme\n", "set category_field"),
+    (BenchmarkSpec, IMAGE_X + "essay\nmetric: accuracy\n", "answer_type must be one of"),
+    (BenchmarkSpec, "- a list\n", "expected a mapping"),
+    (VideoQASpec, "name: x\n", "a benchmark spec of kind 'image', expected kind 'video_qa'"),
+    (VideoQASpec, "kind: video_qa\nsplit: test\n", r"missing field\(s\) \['name'\]"),
+    (VideoQASpec, VIDEO_X + "prefix: v_\n", r"unknown field\(s\) \['prefix'\]"),
+    (VideoQASpec, VIDEO_X + "prompt: '<video> {q}'\n", "prompt must hold <video> and {question} once"),
+    (VideoQASpec, VIDEO_X + "prompt: '{question}'\n", "prompt must hold <video>"),
+    (VideoQASpec, VIDEO_X + "video_extensions: [mp4]\n", "video_extensions must be a list of extensions"),
+    (VideoQASpec, VIDEO_X + "type_names: {0: a}\n", "type_names needs a type_field"),
+    (VideoQASpec, VIDEO_X + "judge: {model: m}\n", "missing 1 required positional argument: 'rubric'"),
+    (VideoQASpec, VIDEO_X + "judge: {model: m, rubric: r, temperature: 0}\n", r"judge: unknown field\(s\)"),
+    (VideoQASpec, VIDEO_X + "template: chatml\n", "unknown template 'chatml'"),
+    (VideoQASpec, VIDEO_X + "max_new_tokens: 0\n", "max_new_tokens must be an integer >= 1"),
 ])
-def test_bad_spec_names_the_file_and_field(tmp_path, text, error):
+def test_bad_spec_names_the_file_and_field(tmp_path, spec_class, text, error):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ValueError, match=f"{path}: .*{error}"):
-        load_spec(path)
+        load_spec(path, spec_class)
 
 
 MC = BenchmarkSpec(name="mc", answer_type="multiple_choice", metric="accuracy", hint_prefix="Context: ",
@@ -220,8 +260,14 @@ def test_scoring_a_multiple_choice_file_by_hand(tmp_path):
     assert [(s["parsed"], s["score"], s["status"]) for s in scores] == [
         ("A", 1.0, "scored"), ("C", 1.0, "scored"), ("A", 0.0, "scored"), (None, 0.0, "unparsed"),
         (None, 0.0, "missing")]
-    table = format_results(results)
-    assert "40.0%" in table and "  animals" in table and "unparsed: 1 (4)" in table
+    lines = format_results(results).splitlines()
+    assert lines[0] == "mc (accuracy)  model: ?  compression: ?"  # no settings sidecar beside these predictions
+    assert lines[1].split() == ["questions", "answered", "unparsed", "missing", "accuracy"]
+    assert [line.split() for line in lines[3:6]] == [["mc", "5", "4", "1", "1", "40.0%"],
+                                                     ["animals", "3", "2", "1", "1", "33.3%"],
+                                                     ["colours", "2", "2", "0", "0", "50.0%"]]
+    assert lines[4].startswith("  animals")
+    assert lines[6:] == ["accuracy_mean_over_categories: 41.7%", "unparsed: 1 (4)", "missing: 1 (5)"]  # (1/3+1/2)/2
 
     write_jsonl(preds, [{**qs[0], "answer": "B", "pred": "A"}])  # a reference that differs from the question file
     with pytest.raises(ValueError, match="another question or reference"):

@@ -17,7 +17,7 @@ from image_llavolta.probe import (
     attention_profile, point_name, prompt_regions, run_sweep, share_kept, share_kept_from_stats, sweep_grid,
     system_prompt_mask, tokens_over_layers,
 )
-from video_llavolta.judge import normalize_answer
+from video_llavolta.judge import normalize_open_answer
 from video_llavolta.probe import main as probe_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -387,7 +387,8 @@ def test_probe_cli_end_to_end_and_resumed(tmp_path, checkpoint, data, reference,
         with open(folder / "preds.jsonl") as f:
             assert [json.loads(line)["question_id"] for line in f] == [q["question_id"] for q in questions]
         answers = expected[p["name"]]
-        right = sum(normalize_answer(answers[q["question_id"]]) == normalize_answer(q["answer"]) for q in questions)
+        right = sum(normalize_open_answer(answers[q["question_id"]]) == normalize_open_answer(q["answer"])
+                    for q in questions)
         assert p["status"] == "ok" and p["accuracy"] == pytest.approx(right / 3), p["name"]
         assert p["metrics"]["questions"] == 3 and p["metrics"]["judged"] == 3
     assert sweep["points"][0]["accuracy"] == pytest.approx(2 / 3)

@@ -108,7 +108,7 @@ def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, toke
     settings = sidecar["settings"]
     assert settings["compression"] == (None if spec is None else spec.to_dict())
     assert settings["compression_from"] == ("from_config" if compression is FROM_CONFIG else "argument")
-    assert settings["num_frames"] == 8 and settings["prompt"] == "<video>\\n{question}"
+    assert settings["num_frames"] == 8 and settings["prompt"] == "<video>\n{question}"
     assert settings["short_clip"] == "linspace" and settings["template"]["name"] == "vicuna_v1"
     assert settings["generation"]["do_sample"] is False and settings["generation"]["max_new_tokens"] == NEW_TOKENS
 
@@ -188,6 +188,38 @@ def test_the_checkpoints_template_is_the_default_and_template_overrides_it(tmp_p
     with pytest.raises(ValueError, match="other settings.*template"):
         run_inference(recorded, tokenizer, qa, str(tmp_path / "default.jsonl"), data["videos"],
                       max_new_tokens=NEW_TOKENS, compression=None, template="vicuna_v1")
+
+
+@torch.no_grad()
+def test_a_benchmark_spec_gives_the_prompt_template_and_token_limit(tmp_path, data, model, tokenizer, reference):
+    records = data["records"][:2]
+    qa = tmp_path / "qa.jsonl"
+    write_jsonl(qa, records)
+    spec = tmp_path / "mine_qa.yaml"
+    spec.write_text(f"kind: video_qa\nname: mine\nprompt: \"<video>\\nAnswer in one word. {{question}}\"\n"
+                    f"template: llava_v1\nmax_new_tokens: {NEW_TOKENS}\n")
+    expected = {}
+    for r in records:
+        prompt = LLAVA_V1.render(["<video>\nAnswer in one word. " + r["question"]])
+        sample = encode_sample(tokenizer, model.config, prompt, [os.path.join(data["videos"], r["video"])])
+        ids = torch.tensor([sample["input_ids"]])
+        out = model.generate(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"],
+                             max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=2,
+                             suppress_tokens=[IMAGE, VIDEO])
+        expected[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    out = str(tmp_path / "preds.jsonl")
+    run_inference(model, tokenizer, qa, out, data["videos"], compression=None, benchmark=str(spec))
+    assert {p["question_id"]: p["pred"] for p in read_jsonl(out)} == expected
+    assert expected != {k: reference(None)[k] for k in expected}  # the prompt and template reach the model
+    sidecar = settings_of(out)
+    assert sidecar["settings"]["prompt"] == "<video>\nAnswer in one word. {question}"
+    assert sidecar["settings"]["template"] == LLAVA_V1.to_dict() and sidecar["run"]["benchmark"] == "mine"
+    assert sidecar["settings"]["generation"]["max_new_tokens"] == NEW_TOKENS
+    longer = str(tmp_path / "longer.jsonl")  # an explicit token limit wins over the spec's
+    run_inference(model, tokenizer, qa, longer, data["videos"], compression=None, benchmark=str(spec),
+                  max_new_tokens=NEW_TOKENS + 1)
+    assert settings_of(longer)["settings"]["generation"]["max_new_tokens"] == NEW_TOKENS + 1
 
 
 def test_unreadable_videos_are_failures_and_frame_dirs_are_used(tmp_path, data, model, tokenizer, reference):

@@ -4,7 +4,7 @@ import pytest
 from image_llavolta.scoring import (
     exact_match,
     extract_choice,
-    normalize_answer,
+    normalize_vqa_answer,
     parse_yes_no,
     summarize,
     vqa_accuracy,
@@ -27,7 +27,7 @@ from image_llavolta.scoring import (
     ("eleven", "eleven"),  # only zero..ten are mapped
 ])
 def test_vqa_normalisation(text, expected):
-    assert normalize_answer(text) == expected
+    assert normalize_vqa_answer(text) == expected
 
 
 # 10 human answers: "2" three times, "two" once (normalises to "2" as well), "3" four times, "many" twice.

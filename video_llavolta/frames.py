@@ -68,6 +68,9 @@ BACKENDS = ("auto", "decord", "pyav", "frames")
 SHORT_CLIP_POLICIES = ("linspace", "repeat_last")
 DEFAULT_SHORT_CLIP = "linspace"  # Video-LLaVA's
 FRAME_FORMATS = ("jpg", "npy")
+# Containers read as videos, in the order a video name's lookup prefers them: Video-LLaVA's QA scripts try
+# .mp4 .avi .mov .mkv; .webm (among ActivityNet's downloads) comes last.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 # FFmpeg's tty/bintext demuxers render text files as "ANSI art" video; a text file is not a clip.
 _TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 

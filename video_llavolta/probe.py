@@ -47,29 +47,14 @@ from image_llavolta.probe import (
     write_json,
 )
 
+from .benchmarks import read_qa
 from .frames import VideoError, video_source
 from .inputs import encode_sample, read_video
-from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions, read_jsonl
+from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions
 from .configs import frame_tokens, num_frames, short_clip_policy
 from .qa_inference import run_inference
 
 logger = logging.getLogger(__name__)
-
-QA_FIELDS = ("question_id", "video", "question", "answer")
-
-
-def read_questions(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
-    """The first `limit` records (all with None) of a unified QA JSONL, with the fields the probe needs."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    records = read_jsonl(path)
-    for number, r in enumerate(records, 1):
-        missing = [k for k in QA_FIELDS if k not in r]
-        if missing:
-            raise ValueError(f"{path}: record {number} lacks {missing}")
-    if not records:
-        raise ValueError(f"{path}: no questions")
-    return records[:limit]
 
 
 def _judge_id(judge) -> dict:
@@ -154,7 +139,7 @@ def run_probe(
     points = sweep_grid(layers, strides, num_layers, method=method)  # bad K or S: an error before any work
     if attention_samples < 0:
         raise ValueError(f"attention_samples must be >= 0, got {attention_samples}")
-    records = read_questions(qa_path, limit)
+    records = read_qa(qa_path, limit)
     os.makedirs(out_dir, exist_ok=True)
     qa_used = os.fspath(qa_path)
     if limit is not None:

@@ -1,14 +1,18 @@
 """Video QA inference: a model answers every question of a QA JSONL; predictions are written as they come.
 
-    python -m video_llavolta.qa_inference --model DIR --qa msvd_qa.jsonl --video-root videos/ --out preds.jsonl
+    python -m video_llavolta.qa_inference --model DIR --qa msvd_qa.jsonl --benchmark msvd --video-root videos/ \\
+        --out preds.jsonl
     torchrun --nproc-per-node 8 -m video_llavolta.qa_inference ... --out preds.jsonl     # one shard per rank
     python -m video_llavolta.qa_inference merge --qa msvd_qa.jsonl --out preds.jsonl --world-size 8
 
-Input: the unified QA JSONL of `data_prep convert-qa` (`{"question_id", "video", "question", "answer"}`, the
-synthetic test split adds "type"). The prompt is `template.render(["<video>\\n" + question])` with the template the
-checkpoint records (`llavolta_template`: `llava_v1` for a converted Video-LLaVA release, as its video-QA script
-answers) unless `--template` names another; the video is read from its frame directory `frames_root/<video_id>`
-when finished (`data_prep extract-frames`), else decoded from `video_root/<video>`. Decoding is greedy
+Input: the unified QA JSONL of `data_prep convert-qa` (`{"question_id", "video", "question", "answer"}`, plus
+"type" where the benchmark names question types; `video_llavolta.benchmarks`). The benchmark's spec (`--benchmark`,
+configs/benchmarks/*_qa.yaml) gives the prompt, the token limit and the template; without one the prompt is
+Video-LLaVA's "<video>\\n{question}" and at most 16 new tokens are generated. The prompt goes into the template's
+user turn: the spec's, else the one the checkpoint records (`llavolta_template`: `llava_v1` for a converted
+Video-LLaVA release, as its video-QA script answers), unless `--template` names another. The video is read from
+its frame directory `frames_root/<video_id>` when finished (`data_prep extract-frames`), else decoded from
+`video_root/<video>`. Decoding is greedy
 (`do_sample=False`, one beam), batched with left padding; the compression spec is the checkpoint's
 (`"from_config"`), none, or any `CompressionSpec` (test-time compression).
 
@@ -54,8 +58,7 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
     resolve_compression,
     shard_path,
 )
-from image_llavolta.jsonio import read_jsonl
-
+from .benchmarks import DEFAULT_PROMPT, VideoQASpec, load_qa_spec, read_qa
 from .frames import video_source
 from .inputs import encode_sample, read_video
 from .configs import num_frames, short_clip_policy
@@ -65,30 +68,17 @@ __all__ = ["generate_answers", "generation_config", "main", "merge_predictions",
 
 logger = logging.getLogger(__name__)
 
-QA_FIELDS = ("question_id", "video", "question", "answer")
 REFERENCE_FIELDS = ("question", "answer")  # checked against the QA file when merging
 EXTRA_FIELDS = ("type", "video")  # carried from the QA record into each prediction when present
-
-
-def read_qa(path: str | os.PathLike) -> list[dict]:
-    """The records of a unified QA JSONL, checked: required fields present, question ids unique (as str)."""
-    records, seen = read_jsonl(path), set()
-    for number, r in enumerate(records, 1):
-        missing = [k for k in QA_FIELDS if k not in r]
-        if missing:
-            raise ValueError(f"{path}: record {number} lacks {missing}")
-        if str(r["question_id"]) in seen:
-            raise ValueError(f"{path}: question id {r['question_id']!r} appears more than once")
-        seen.add(str(r["question_id"]))
-    return records
+DEFAULT_MAX_NEW_TOKENS = 16  # without a benchmark spec (which says its own)
 
 
 def _settings(model, tokenizer, compression_arg, spec, template: Template, generation,
-              rank: int, world_size: int) -> dict:
+              rank: int, world_size: int, prompt: str) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
     return run_settings(model, tokenizer, compression_arg, spec, template, generation, rank, world_size,
                         num_frames=num_frames(model.config), short_clip=short_clip_policy(model.config),
-                        prompt="<video>\\n{question}")
+                        prompt=prompt)
 
 
 def _prediction(record: dict, pred: str) -> dict:
@@ -106,34 +96,44 @@ def run_inference(
     video_root: str | os.PathLike,
     frames_root: str | os.PathLike | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     compression: SpecArgument = FROM_CONFIG,
     template: Template | str | None = None,
     rank: int = 0,
     world_size: int = 1,
+    benchmark: VideoQASpec | str | os.PathLike | None = None,
 ) -> dict:
     """Answer this rank's share of a QA file into `shard_path(out_path, rank, world_size)`; returns a summary.
 
-    `template`: a `Template` or its name; None takes the one the checkpoint records (`llavolta_template`).
+    `benchmark` (a spec, or a spec's name or path) gives the prompt and the defaults for `max_new_tokens` and the
+    template; without one the prompt is Video-LLaVA's "<video>\\n{question}" and at most 16 new tokens.
+    `template`: a `Template` or its name; None takes the spec's, else the one the checkpoint records
+    (`llavolta_template`).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if benchmark is not None and not isinstance(benchmark, VideoQASpec):
+        benchmark = load_qa_spec(benchmark)
+    prompt = benchmark.prompt if benchmark else DEFAULT_PROMPT
+    if max_new_tokens is None:
+        max_new_tokens = benchmark.max_new_tokens if benchmark else DEFAULT_MAX_NEW_TOKENS
     shard = read_qa(qa_path)[rank::world_size]
-    template = resolve_template(model.config, template)
+    template = resolve_template(model.config, template or (benchmark.template if benchmark else None))
     spec = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens)
-    settings = _settings(model, tokenizer, compression, spec, template, generation, rank, world_size)
-    run = {"qa": os.path.abspath(qa_path), "video_root": os.path.abspath(video_root),
+    settings = _settings(model, tokenizer, compression, spec, template, generation, rank, world_size, prompt)
+    run = {"qa": os.path.abspath(qa_path), "benchmark": benchmark.name if benchmark else None,
+           "video_root": os.path.abspath(video_root),
            "frames_root": None if frames_root is None else os.path.abspath(frames_root), "batch_size": batch_size,
            "device": str(model.device), "dtype": str(model.dtype), "torch": torch.__version__,
            "transformers": transformers.__version__}
 
     def encode(record: dict) -> dict:
         frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
-        prompt = template.render(["<video>\n" + record["question"]])
-        return encode_sample(tokenizer, model.config, prompt, videos=[frames])
+        text = template.render([prompt.format(question=record["question"])])
+        return encode_sample(tokenizer, model.config, text, videos=[frames])
 
     def failure(record: dict, err: BaseException) -> dict:
         return {**{k: record[k] for k in ("question_id", "question", "answer")},
@@ -165,11 +165,14 @@ def _run_parser() -> argparse.ArgumentParser:
                                        "merge --help")
     add_model_arguments(p, "Video-LLaVA")
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
+    p.add_argument("--benchmark", metavar="NAME|SPEC",
+                   help="video QA spec (msvd, msrvtt, activitynet or a YAML path): prompt, template, token limit")
     p.add_argument("--video-root", required=True, help="folder the QA file's video paths are relative to")
     p.add_argument("--frames-root", help="extract-frames output: frame directories are used when present")
     p.add_argument("--out", required=True, help="predictions JSONL (one shard per rank under torchrun)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int,
+                   help=f"default: the benchmark spec's, else {DEFAULT_MAX_NEW_TOKENS}")
     return p
 
 
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_for_generation(args, load_pretrained)
         summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
                                 args.batch_size, args.max_new_tokens, args.compression, template=args.template,
-                                rank=rank, world_size=world_size)
+                                rank=rank, world_size=world_size, benchmark=args.benchmark)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
