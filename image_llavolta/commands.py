@@ -76,6 +76,13 @@ class ArgumentParser(argparse.ArgumentParser):
         """Print `<prog>: error: <message>` and exit with code 2."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_job_args(self, argv: Sequence[str]) -> argparse.Namespace:
+        """`parse_args`, with arguments nobody takes reported by the job's parser rather than the top one."""
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            ArgumentParser(prog=getattr(args, "_prog", self.prog)).error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
 
 def first_line(text: str | None) -> str:
     """A docstring's first line, without its full stop."""
@@ -121,7 +128,7 @@ def main_for(command: Command, prog: str) -> Callable[[Sequence[str] | None], in
     def main(argv: Sequence[str] | None = None) -> int:
         parser = ArgumentParser(prog=prog, description=command.description)
         argv = configure(parser, command, sys.argv[1:] if argv is None else argv)
-        return run_parsed(parser.parse_args(argv))
+        return run_parsed(parser.parse_job_args(argv))
 
     main.__doc__ = f"`{prog}`: parse the arguments and run the job; returns the exit code (2: bad input)."
     return main

@@ -71,4 +71,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = entry.load()
         argv = [name, *configure(sub.add_parser(name, help=entry.help, description=command.description), command,
                                  argv[1:])]
-    return run_parsed(parser.parse_args(argv))
+    return run_parsed(parser.parse_job_args(argv))

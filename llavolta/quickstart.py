@@ -91,9 +91,9 @@ def evaluate(run_dir: str, data: dict, judge: str, batch_size: int) -> dict:
 def print_summary(rows: list[dict]) -> None:
     """The schemes' table, then each scheme against the first: visual tokens, training wall time, accuracy."""
     types = sorted({t for r in rows for t in r["accuracy_by_type"]})
-    heads = ["scheme", "accuracy", "score", "#Tokens (M)", "avg CR", "train s", *types]
+    heads = ["scheme", "accuracy", "score", "#Tokens", "avg CR", "train s", *types]
     table = [[r["scheme"], percent(r["accuracy"]), None if r["score"] is None else f"{r['score']:.2f}",
-              f"{r['visual_tokens_over_layers'] / 1e6:.2f}", f"{r['average_compression_ratio']:.2f}",
+              f"{r['visual_tokens_over_layers']:,}", f"{r['average_compression_ratio']:.2f}",
               f"{r['train_seconds']:.0f}", *(percent(r["accuracy_by_type"].get(t)) for t in types)] for r in rows]
     print(format_table(table, heads))
     print("#Tokens: visual tokens summed over the decoder's layers and all training samples, the work compression "
