@@ -235,3 +235,20 @@ def test_a_job_that_returns_nothing_exits_0():
 def test_jobs_refuse_a_default_they_do_not_hold():
     with pytest.raises(ValueError, match="default job 'score' is not one of"):
         Jobs("x", {"run": Job("Run.", lambda p: None, lambda a: 0)}, default="score")
+
+
+def test_a_family_is_a_model_type_name(tmp_path):
+    from image_llavolta.train_config import load_config
+
+    config = write_config(tmp_path / "run.yaml", tiny={"layers": 2}, family=3)
+    with pytest.raises(ValueError, match=r"run.yaml: model.family: expected a model type such as 'llava', got 3"):
+        load_config(config)
+
+
+def test_the_quickstart_config_trains_with_the_video_trainer(monkeypatch):
+    from image_llavolta.train import run_family
+    from image_llavolta.train_config import load_config
+    from llavolta.train import TRAINERS
+
+    monkeypatch.chdir(REPO)
+    assert TRAINERS[run_family(load_config("configs/video/quickstart.yaml"))] == "video_llavolta.train"
