@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 TRACEBACK_ENV = "LLAVOLTA_TRACEBACK"
 
@@ -47,7 +47,7 @@ class Jobs:
     """Several jobs under one command line, named by its first argument; `default` runs when it names none."""
 
     description: str
-    jobs: dict[str, Job] = field(default_factory=dict)
+    jobs: dict[str, Job]
     default: str | None = None
 
     def __post_init__(self):
@@ -59,7 +59,7 @@ Command = Job | Jobs
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Docstrings keep their layout; option and command names up to 30 characters keep their help on their line."""
+    """Docstrings keep their layout; options up to 30 characters long keep their help on their own line."""
 
     def __init__(self, prog: str, **kwargs):
         super().__init__(prog, max_help_position=32, **kwargs)
@@ -126,11 +126,11 @@ def main_for(command: Command, prog: str) -> Callable[[Sequence[str] | None], in
     """The `main(argv=None) -> int` of the `python -m` form `prog` running `command`."""
 
     def main(argv: Sequence[str] | None = None) -> int:
+        """Parse `argv` (default: the command line) and run the job; returns the exit code (2: bad input)."""
         parser = ArgumentParser(prog=prog, description=command.description)
         argv = configure(parser, command, sys.argv[1:] if argv is None else argv)
         return run_parsed(parser.parse_job_args(argv))
 
-    main.__doc__ = f"`{prog}`: parse the arguments and run the job; returns the exit code (2: bad input)."
     return main
 
 

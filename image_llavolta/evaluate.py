@@ -308,7 +308,8 @@ def format_results(results: dict) -> str:
 # Command line: `run` (the default) answers and scores, `merge` joins the ranks' shards, `score` rescores
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every job takes, which are all that scoring needs."""
     p.add_argument("--benchmark", required=True, help="benchmark spec YAML (configs/benchmarks/*.yaml)")
     p.add_argument("--data", required=True, help="the benchmark's question JSONL")
     p.add_argument("--out", required=True, help="output folder (files are named after the benchmark)")
@@ -317,7 +318,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The evaluation run's options."""
-    _common(p)
+    add_score_arguments(p)
     p.add_argument("--image-root", required=True, help="folder the question file's image paths are relative to")
     add_model_arguments(p, "LLaVA")
     p.add_argument("--batch-size", type=int, default=8)
@@ -348,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     """The merge job's options."""
-    _common(p)
+    add_score_arguments(p)
     p.add_argument("--world-size", type=int, required=True, help="how many ranks wrote shards")
 
 
@@ -375,7 +376,8 @@ JOBS = Jobs(__doc__, {
     "run": Job(__doc__, add_arguments, run, "answer a benchmark's questions, then score them (one process)"),
     "merge": Job("Merge the rank shards of a benchmark's predictions, then score them.", add_merge_arguments,
                  run_merge),
-    "score": Job("Score <out>/<benchmark>.predictions.jsonl against the question file.", _common, run_score),
+    "score": Job("Score <out>/<benchmark>.predictions.jsonl against the question file.", add_score_arguments,
+                 run_score),
 }, default="run")
 main = main_for(JOBS, "python -m image_llavolta.evaluate")
 
