@@ -18,9 +18,9 @@ PER_VIDEO = {"K=1,S=8": 136 + 8 * 3, "K=1,S=2": 136 + 8 * 9, "none": 2 * 136}
 
 
 def run(tmp_path, capsys) -> tuple[dict, str]:
-    assert main(["--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--num-train", "4", "--num-test", "2",
-          "--workers", "1", "--tower-steps", "3", "--tower-batch-size", "2", TINY, "optim.max_steps=2",
-          "optim.per_device_batch_size=4"]) == 0
+    assert main(["--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--num-train", "4",
+                 "--num-test", "2", "--workers", "1", "--tower-steps", "3", "--tower-batch-size", "2", TINY,
+                 "optim.max_steps=2", "optim.per_device_batch_size=4"]) == 0
     return json.loads((tmp_path / "runs" / "summary.json").read_text()), capsys.readouterr().out
 
 
