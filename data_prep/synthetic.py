@@ -35,17 +35,16 @@ rerun with the same generator settings only writes the missing ones. A folder wr
 settings (seed, codec) is refused unless --overwrite.
 
 Why train.json looks like that: answers of one word seldom teach a from-scratch model which object a question
-names. On two- and three-object videos its colour and shape answers named another object of the video about
-half the time. What helped, on the validation set (issue 5's notes):
-- asking a type about every object it can name, and ending the overview with a description of all objects;
-- more passes over the videos with an object to pick: picking is learned late. A one-object video's colour and
-  shape questions teach no picking (its description holds both), and count and direction share a conversation
-  (a count gives no direction away; either type opens it about half the time, as a test question opens its
-  own), so a pass holds 2.2 conversations per video instead of 4 and the quickstart's 3.5 epochs take about as
-  long as its 2 did before;
-- the description's word order: "a red circle" teaches naming a shape after a colour, "the circle is red" the
-  reverse. Half and half, shape picking was the one that often failed to form; all colour-first, colour picking
-  was; three in four colour-first, both formed in most runs (numbers: README, "How the demo model is built").
+names ("picking"), and picking is learned late. So:
+- each training conversation asks its type about every object the type can name, and the overview ends with a
+  description of all the objects;
+- a pass over the data is short, so that more passes fit the quickstart's time: a one-object video gets no colour
+  or shape conversation (its description holds both, and there is nothing to pick), and count and direction share
+  the overview (a count gives no direction away; either type opens it, as a test question opens its own
+  conversation), 2.2 conversations per video;
+- the description's word order decides which way round picking is learned: "a red circle" teaches naming a shape
+  after a colour (shape picking), "the circle is red" the reverse. Shape picking is the slower to form, so three
+  descriptions in four are colour-first (not all: colour picking needs the other order).
 Colour and shape never share a conversation: "What shape is the red object?" would answer a later "What colour
 is the circle?", and a model learns to copy. Within a type, a later colour turn can be answered by elimination;
 the first turn cannot.
@@ -86,8 +85,7 @@ QUESTION_TYPES = {
 OVERVIEW_TYPES = ("count", "direction")  # share one training conversation, which ends with a description
 PICKING_TYPES = ("colour", "shape")  # a training conversation each, on videos with an object to pick
 DESCRIBE_QUESTION = "What objects are in the video?"  # training only: its answer is a phrase, not one word
-# "a red circle" teaches naming a shape after a colour, "the circle is red" the reverse; three in four colour-first
-# balanced the two in most validation runs (module docstring).
+# Colour-first descriptions ("a red circle") teach shape picking, the slower of the two to form (module docstring).
 COLOUR_FIRST_SHARE = 0.75
 CODECS = {
     # Measured on 2 CPU cores, ~100 x 100 px, 24 frames: mpeg4 ~7 ms per video, libx264 ultrafast ~12 ms.
@@ -112,7 +110,7 @@ def make_video(seed: int, split: str, index: int) -> dict:
         if objects is not None:
             break
         # Three long paths can leave no room in a small frame (1 video in 5,000): draw another size. The rng
-        # stream only goes on past a failure, so every video that fitted at its first size stays as it was.
+        # stream only goes on past a failure, so this never changes a video that fits at its first size.
         width = height = _frame_size(rng)
     else:  # pragma: no cover - would need 100,000 unlucky draws
         raise RuntimeError(f"seed {seed}, {split} {index}: no room for {count} separate objects")

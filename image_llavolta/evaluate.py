@@ -36,6 +36,7 @@ import torch
 import transformers
 
 from .benchmarks import BenchmarkSpec, build_prompt, load_spec, read_questions
+from .commands import Job, Jobs, main_for
 from .compression import FROM_CONFIG, CompressionSpec, SpecArgument, spec_label
 from .configs import placeholder_tokens
 from .conversation import Template, resolve_template, tokenize_prompt
@@ -289,10 +290,11 @@ def format_results(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line
+# Command line: `run` (the default) answers and scores, `merge` joins the ranks' shards, `score` rescores
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every job takes, which are all that scoring needs."""
     p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
                    help="benchmark spec: a shipped one's name (gqa, pope, ...) or a spec YAML's path")
     p.add_argument("--data", required=True, help="the benchmark's question JSONL")
@@ -300,63 +302,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions of the question file")
 
 
-def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Sub-commands: `score` (score existing predictions), `merge` (merge rank "
-                                       "shards, then score); see `python -m image_llavolta.evaluate score --help`")
-    _common(p)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The evaluation run's options."""
+    add_score_arguments(p)
     p.add_argument("--image-root", required=True, help="folder the question file's image paths are relative to")
     add_model_arguments(p, "LLaVA")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, help="default: the spec's max_new_tokens")
-    return p
 
 
-def _score_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate score",
-                                description="Score <out>/<benchmark>.predictions.jsonl against the question file.")
-    _common(p)
-    return p
-
-
-def _merge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m image_llavolta.evaluate merge",
-                                description="Merge the rank shards of a benchmark's predictions, then score them.")
-    _common(p)
-    p.add_argument("--world-size", type=int, required=True, help="how many ranks wrote shards")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate (this process's rank from RANK / WORLD_SIZE), `score` or `merge`; bad input exits with code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace) -> int:
+    """Answer this rank's share (rank from RANK / WORLD_SIZE); on one process, score and print the results."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        if argv[:1] in (["score"], ["merge"]):
-            args = (_score_parser() if argv[0] == "score" else _merge_parser()).parse_args(argv[1:])
-            spec = load_spec(args.benchmark)
-            if argv[0] == "score":
-                results = score_benchmark(spec, args.data, args.out, args.limit)
-            else:
-                results = merge_benchmark(spec, args.data, args.out, args.world_size, args.limit)["results"]
-            print(format_results(results))
-            print(f"\nresults: {output_paths(args.out, spec.name)['results']}")
-            return 0
-        args = _run_parser().parse_args(argv)
-        spec = load_spec(args.benchmark)
-        from .checkpoint import load_pretrained
+    spec = load_spec(args.benchmark)
+    from .checkpoint import load_pretrained
 
-        model, tokenizer = load_for_generation(args, load_pretrained)
-        summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
-                                args.max_new_tokens, args.compression, args.limit, rank, world_size, args.template)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_for_generation(args, load_pretrained)
+    summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
+                            args.max_new_tokens, args.compression, args.limit, rank, world_size, args.template)
     if "results" in summary:
-        print(format_results(summary["results"]))
-        print(f"\nresults: {output_paths(args.out, spec.name)['results']}")
+        _print_results(summary["results"], args.out, spec)
     else:
         print(f"rank {rank} of {world_size}: {summary['predicted']} predicted, {summary['failed']} failed "
               f"-> {summary['predictions']}")
@@ -366,6 +332,40 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" --limit {args.limit}" if args.limit else ""))
     return 0
 
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    """The merge job's options."""
+    add_score_arguments(p)
+    p.add_argument("--world-size", type=int, required=True, help="how many ranks wrote shards")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge the rank shards of a benchmark's predictions, score them and print the results."""
+    spec = load_spec(args.benchmark)
+    _print_results(merge_benchmark(spec, args.data, args.out, args.world_size, args.limit)["results"], args.out, spec)
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Score existing predictions and print the results."""
+    spec = load_spec(args.benchmark)
+    _print_results(score_benchmark(spec, args.data, args.out, args.limit), args.out, spec)
+    return 0
+
+
+def _print_results(results: dict, out: str, spec: BenchmarkSpec) -> None:
+    print(format_results(results))
+    print(f"\nresults: {output_paths(out, spec.name)['results']}")
+
+
+JOBS = Jobs(__doc__, {
+    "run": Job(__doc__, add_arguments, run, "answer a benchmark's questions, then score them (one process)"),
+    "merge": Job("Merge the rank shards of a benchmark's predictions, then score them.", add_merge_arguments,
+                 run_merge),
+    "score": Job("Score <out>/<benchmark>.predictions.jsonl against the question file.", add_score_arguments,
+                 run_score),
+}, default="run")
+main = main_for(JOBS, "python -m image_llavolta.evaluate")
 
 if __name__ == "__main__":
     sys.exit(main())

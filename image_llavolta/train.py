@@ -6,20 +6,20 @@ ZeRO-3: every global batch holds one modality, so in a step all ranks run the vi
 a short batch is cycled so no rank is left without a sample. (A micro-batch whose samples all fail to load stops a
 ZeRO-3 run with an error, since that rank cannot take part in the step's parameter gathers.)
 
-The pieces shared with `video_llavolta.train` (tokenizer, dataset options, the training call, the command line)
-live here.
+The pieces shared with `video_llavolta.train` (tokenizer, dataset options, the training call, the options, the
+family check) live here.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
 import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from .checkpoint import default_attn_implementation, load_pretrained, read_config
+from .commands import command_main
 from .compression import enable_compression
 from .models.llava import LlavoltaForConditionalGeneration
 from .configs import tiny_llava_config
@@ -64,14 +64,30 @@ def token_id(tokenizer, token: str) -> int:
     return tid
 
 
+def run_family(config: TrainConfig) -> str | None:
+    """The model type a run trains: `model.family`, else its checkpoint's (None: a tiny model naming none).
+
+    A `model.family` that contradicts the checkpoint is an error naming both.
+    """
+    m = config.model
+    stored = read_config(m.path).model_type if m.path is not None else None
+    if m.family is not None and stored is not None and m.family != stored:
+        raise ValueError(f"model.family is {m.family!r}, but {m.path} holds a {stored!r} checkpoint")
+    return m.family or stored
+
+
+def check_family(config: TrainConfig, family: str) -> None:
+    """Refuse a run of another model family than `family` (a family's trainer calls it before building the model)."""
+    found = run_family(config)
+    if found not in (None, family):
+        raise ValueError(f"this run trains a {found!r} model, not {family!r}: run it with `llavolta train`")
+
+
 def model_for_run(config: TrainConfig, tokenizer) -> LlavoltaForConditionalGeneration:
     """The run's LLaVA: a local checkpoint (compression off), or a tiny random one sized to the tokenizer."""
+    check_family(config, "llava")
     m = config.model
     if m.path is not None:
-        model_type = read_config(m.path).model_type
-        if model_type != "llava":
-            raise ValueError(f"{m.path}: model_type {model_type!r}; image training takes a LLaVA checkpoint "
-                             "(Video-LLaVA trains with video_llavolta.train)")
         return load_pretrained(m.path, compression=None,
                                attn_implementation=m.attn_implementation or default_attn_implementation())
     # The placeholder id is the tokenizer's own <image> id, not a position assumed in the vocabulary.
@@ -117,25 +133,21 @@ def train(config: TrainConfig, resume: str | None = None, callbacks=()) -> dict:
     return train_on_dataset(config, model, tokenizer, dataset, resume, callbacks)
 
 
-def cli(train_fn, doc: str, argv: list[str] | None = None) -> None:
-    """Parse `CONFIG.yaml [key=value ...] [--resume auto|DIR]` and run `train_fn`; config errors exit with a message."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """A training run's options: `CONFIG.yaml [key=value ...] [--resume auto|DIR]` (video training's too)."""
     parser.add_argument("config", help="run config (YAML)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4 scheme=two")
     parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir) or a checkpoint dir")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        train_fn(config, args.resume)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    cli(train, __doc__, argv)
+def run(args: argparse.Namespace) -> int:
+    """Load the run config and train."""
+    train(load_config(args.config, args.overrides), args.resume)
+    return 0
 
+
+main = command_main(add_arguments, run, "python -m image_llavolta.train", __doc__)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """One YAML file per training run, loaded into typed dataclasses with validation and command-line overrides.
 
-    model:     {path: /models/Video-LLaVA-7B-hf}       or {tiny: {layers: 16, vocab_size: 128, ...}}
+    model:     {path: /models/Video-LLaVA-7B-hf}       or {family: video_llava, tiny: {layers: 16, ...}}
     data:      {train: [train.json], video_root: videos/, frames_root: frames/, image_root: images/}
     phase:     finetune                                  # pretrain: projector only; finetune: projector + LLM
     optim:     {lr: 2e-5, per_device_batch_size: 4, grad_accum: 1, ...}
@@ -8,6 +8,10 @@
     deepspeed: configs/deepspeed/zero2.json              # or a dict, or null (plain PyTorch)
 
 Any field can be overridden with `key.sub=value` arguments (values parsed as YAML).
+
+`model.family` is the model type the run trains (`llava`, `video_llava`: the `model_type` of its transformers
+config), which is how `llavolta train` picks the family's trainer. With `model.path` it defaults to the
+checkpoint's `model_type` (and must agree with it); a tiny model names it.
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class ModelSection:
-    """Either a local checkpoint `path` or a `tiny` config (kwargs of the tiny config builder)."""
+    """Either a local checkpoint `path` or a `tiny` config (kwargs of the family's tiny config builder)."""
 
     path: str | None = None
+    family: str | None = None  # the model type; None: the checkpoint's (module docstring)
     tiny: dict | None = None
     tokenizer: str | None = None  # defaults to `path`; a tiny model without one gets the data set's word tokenizer
     attn_implementation: str | None = None
@@ -38,6 +43,8 @@ class ModelSection:
     def validate(self):
         if (self.path is None) == (self.tiny is None):
             raise ValueError("model: give exactly one of 'path' (a local checkpoint) or 'tiny' (a config)")
+        if self.family is not None and not (isinstance(self.family, str) and self.family):
+            raise ValueError(f"model.family: expected a model type such as 'llava', got {self.family!r}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .checkpoint import load_model, read_config
 from .compression import enable_compression
 from .conversation import record_template
 from .schedule import Scheme
+from .tables import format_table
 
 
 @dataclass
@@ -153,7 +154,9 @@ class StagedTrainer(Trainer):
     def report(self, total_seconds: float) -> dict:
         """Per-stage and whole-run summary (summed over ranks)."""
         tallies = _sum_over_ranks(self.tallies)
-        rows = [t.as_row(s.label(), self.num_layers) for s, t in zip(self.scheme.stages, tallies)]
+        # #Tokens summed over the stage's samples: the work compression saves, which machine load cannot change
+        rows = [{**t.as_row(s.label(), self.num_layers), "visual_tokens_over_layers": t.tokens_over_layers}
+                for s, t in zip(self.scheme.stages, tallies)]
         run = StageTally(**{k: sum(getattr(t, k) for t in tallies) for k in StageTally.__dataclass_fields__})
         return {
             "scheme": self.scheme.name,
@@ -161,6 +164,7 @@ class StagedTrainer(Trainer):
             "total_optimizer_steps": self.state.global_step,
             "total_wall_seconds": round(total_seconds, 2),
             "train_seconds": round(run.seconds, 2),
+            "visual_tokens_over_layers": run.tokens_over_layers,
             "average_compression_ratio": round(run._ratio(self.num_layers), 4),
             "samples": run.samples,
             "failed_samples": len(self.failures),
@@ -231,15 +235,12 @@ def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
 def print_report(report: dict) -> None:
     """The run report as a short table."""
     cols = ["stage", "optimizer_steps", "wall_seconds", "samples_per_second", "visual_tokens_in",
-            "visual_tokens_out", "compression_ratio", "mean_loss"]
-    heads = ["stage", "steps", "time s", "samples/s", "vis in", "vis out", "CR", "loss"]
-    rows = [[str(r[c]) for c in cols] for r in report["stages"]]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+            "visual_tokens_out", "visual_tokens_over_layers", "compression_ratio", "mean_loss"]
+    heads = ["stage", "steps", "time s", "samples/s", "vis in", "vis out", "#Tokens", "CR", "loss"]
     print(f"scheme {report['scheme']}: {report['total_optimizer_steps']} optimizer steps, "
           f"{report['train_seconds']} s training, average CR {report['average_compression_ratio']}, "
           f"{report['failed_samples']} failed samples")
-    for line in [heads, *rows]:
-        print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
+    print(format_table([[r[c] for c in cols] for r in report["stages"]], heads))
 
 
 def set_trainable(model, phase: str, train_vision_towers: bool = False) -> dict:

@@ -1,16 +1,20 @@
 """The quickstart: synthetic data → frames → train the baseline and a staged scheme → evaluate both → one table.
 
-    python -m llavolta.quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
+    llavolta quickstart [--config configs/video/quickstart.yaml] [--out runs/quickstart]
+    python -m llavolta.quickstart ...                                                      # the same
 
 Everything runs on CPU with a tiny Video-LLaVA-style model. Its video tower is first pretrained for two to three minutes
 (`tower_pretrain`: a stand-in for LanguageBind's pretraining) and then frozen, as in Video-LLaVA; both schemes start
 from that same checkpoint. Answers are judged offline (normalised string match) unless `--judge openai` points at an
 OpenAI-compatible endpoint; offline numbers are not comparable with GPT-judged ones.
+
+The table gives per scheme the accuracy and score, #Tokens (visual tokens summed over the decoder's layers and all
+training samples, from the run report: the work the scheme's compression saves, which machine load cannot change),
+the average CR and the training wall time (which load does change), then each scheme against the first, the baseline.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict
@@ -18,7 +22,9 @@ from typing import TYPE_CHECKING
 
 from data_prep.extract import extract_frames
 from data_prep.synthetic import make_synthetic
+from image_llavolta.commands import command_main
 from image_llavolta.jsonio import read_json, write_json
+from image_llavolta.tables import format_table, percent
 
 # torch and transformers are imported inside the functions: make-synthetic and extract-frames spawn worker
 # processes, and each one re-imports this module first (about 10 s each when nothing is byte-compiled yet).
@@ -83,32 +89,45 @@ def evaluate(run_dir: str, data: dict, judge: str, batch_size: int) -> dict:
 
 
 def print_summary(rows: list[dict]) -> None:
-    """One line per scheme: accuracy, score, training wall time, average CR, and the per-type accuracies."""
+    """The schemes' table, then each scheme against the first: visual tokens, training wall time, accuracy."""
     types = sorted({t for r in rows for t in r["accuracy_by_type"]})
-    heads = ["scheme", "accuracy", "score", "train s", "avg CR", *types]
-    def pct(x):  # None: nothing of that kind was judged
-        return "-" if x is None else f"{x:.1%}"
-
-    table = [[r["scheme"], pct(r["accuracy"]), "-" if r["score"] is None else f"{r['score']:.2f}",
-              f"{r['train_seconds']:.0f}", f"{r['average_compression_ratio']:.2f}",
-              *(pct(r["accuracy_by_type"].get(t)) for t in types)] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(heads)]
-    for line in [heads, *table]:
-        print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
-    if len(rows) == 2 and rows[0]["train_seconds"] and None not in (rows[0]["accuracy"], rows[1]["accuracy"]):
-        saved = 1 - rows[1]["train_seconds"] / rows[0]["train_seconds"]
-        print(f"{rows[1]['scheme']}: {saved:.0%} less training wall time than {rows[0]['scheme']}, "
-              f"accuracy {100 * (rows[1]['accuracy'] - rows[0]['accuracy']):+.1f} points")
+    heads = ["scheme", "accuracy", "score", "#Tokens", "avg CR", "train s", *types]
+    table = [[r["scheme"], percent(r["accuracy"]), None if r["score"] is None else f"{r['score']:.2f}",
+              f"{r['visual_tokens_over_layers']:,}", f"{r['average_compression_ratio']:.2f}",
+              f"{r['train_seconds']:.0f}", *(percent(r["accuracy_by_type"].get(t)) for t in types)] for r in rows]
+    print(format_table(table, heads))
+    print("#Tokens: visual tokens summed over the decoder's layers and all training samples, the work compression "
+          "saves;\nmachine load changes the wall time (train s), not #Tokens.")
+    for row in rows[1:]:
+        print(compare(row, rows[0]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    from image_llavolta.train_config import load_config
+def compare(row: dict, baseline: dict) -> str:
+    """One scheme against the baseline, e.g. 'two: 38% fewer #Tokens, 12% more training wall time than single'."""
+    parts = []
+    if baseline["visual_tokens_over_layers"]:
+        parts.append(change(row["visual_tokens_over_layers"], baseline["visual_tokens_over_layers"], "fewer", "more")
+                     + " #Tokens")
+    if baseline["train_seconds"]:
+        parts.append(change(row["train_seconds"], baseline["train_seconds"], "less", "more") + " training wall time")
+    line = f"{row['scheme']}: {', '.join(parts)} than {baseline['scheme']}"
+    if None not in (row["accuracy"], baseline["accuracy"]):
+        line += f", accuracy {100 * (row['accuracy'] - baseline['accuracy']):+.1f} points"
+    return line
 
+
+def change(new: float, old: float, fewer: str, more: str) -> str:
+    """`new` against `old` in words: '38% fewer', '12% more' (never a negative saving), or 'the same'."""
+    share = new / old - 1
+    if round(100 * abs(share)) == 0:
+        return "the same"
+    return f"{abs(share):.0%} {more if share > 0 else fewer}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The quickstart's options."""
     from .tower_pretrain import TowerPretrainConfig
-    from video_llavolta.train import train
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/video/quickstart.yaml")
     parser.add_argument("--out", default="runs/quickstart")
     parser.add_argument("--data", default="data", help="where the synthetic data set and frames go")
@@ -117,12 +136,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--judge", choices=["offline", "openai"], default="offline")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), help="the first is the baseline")
     defaults = TowerPretrainConfig()
     parser.add_argument("--tower-steps", type=int, default=defaults.steps, help="video-tower pretraining steps")
     parser.add_argument("--tower-batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. optim.epochs=2")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Data, the pretrained tower, then each scheme trained and evaluated; prints the table, writes summary.json."""
+    from image_llavolta.train_config import load_config
+
+    from .tower_pretrain import TowerPretrainConfig
+    from video_llavolta.train import train
 
     started = time.perf_counter()
     data = prepare_data(args.data, args.num_train, args.num_test, args.seed, args.workers)
@@ -144,19 +170,20 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({
             "scheme": scheme, "accuracy": results["overall"]["accuracy"], "score": results["overall"]["score"],
             "accuracy_by_type": {t: r["accuracy"] for t, r in results.get("by_type", {}).items()},
-            "train_seconds": report["train_seconds"], "average_compression_ratio": report["average_compression_ratio"],
-            "judge": results.get("judge"),
+            "train_seconds": report["train_seconds"], "visual_tokens_over_layers": report["visual_tokens_over_layers"],
+            "average_compression_ratio": report["average_compression_ratio"], "judge": results.get("judge"),
         })
     summary = {"rows": rows, "tower_pretrain_seconds": encoder["seconds"],
                "total_seconds": round(time.perf_counter() - started, 1), "judge": args.judge}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(args.out, "summary.json"), summary)
     print()
     print_summary(rows)
-    print(f"video-tower pretraining (shared by both) {encoder['seconds']:.0f} s; total {summary['total_seconds']:.0f} s; "
-          f"details in {args.out}/summary.json")
+    print(f"video-tower pretraining (shared by all) {encoder['seconds']:.0f} s; "
+          f"total {summary['total_seconds']:.0f} s; details in {args.out}/summary.json")
+    return 0
 
+
+main = command_main(add_arguments, run, "python -m llavolta.quickstart", __doc__)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,8 +1,14 @@
-"""Small helpers several test files share: JSONL files written and read plainly, and a stand-in for a kill."""
+"""Small helpers several test files share: JSONL files written and read plainly, a stand-in for a kill, and the
+`llavolta` console script run as a user runs it."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Killed(BaseException):
@@ -19,3 +25,10 @@ def write_jsonl(path: str | os.PathLike, records) -> None:
     """One JSON object per line."""
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def llavolta(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `llavolta` console script (beside this interpreter) from the repository root."""
+    script = shutil.which("llavolta", path=os.path.dirname(sys.executable))
+    assert script, "no llavolta console script beside the interpreter: reinstall the package (pip install -e .)"
+    return subprocess.run([script, *map(str, args)], cwd=REPO, capture_output=True, text=True, **kwargs)

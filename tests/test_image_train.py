@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoTokenizer
 
 import image_llavolta.train as image_train
+from llavolta import cli
 from image_llavolta.checkpoint import load_pretrained
 from image_llavolta.models.llava import LlavoltaForConditionalGeneration
 from image_llavolta.configs import tiny_llava_config
@@ -162,6 +163,20 @@ def test_zero3_is_accepted(data, tmp_path, monkeypatch):
     assert isinstance(seen["model"], LlavoltaForConditionalGeneration)
     modalities = seen["dataset"].modalities()
     assert all(len({modalities[i] for i in batch}) == 1 for batch in seen["batches"])  # one modality per step
+
+
+def test_llavolta_train_runs_an_image_config(data, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {family: llava}\n")  # a tiny model names its family
+    assert cli.main(["train", str(config), *run_args(data, tmp_path / "run"), "optim.max_steps=2"]) == 0
+    report = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert report["total_optimizer_steps"] == 2 and report["config"]["model"]["family"] == "llava"
+    assert isinstance(load_pretrained(tmp_path / "run"), LlavoltaForConditionalGeneration)
+    # From the checkpoint a run needs no family: the checkpoint's model_type picks the image trainer.
+    (tmp_path / "none.yaml").write_text("{}\n")
+    assert cli.main(["train", str(tmp_path / "none.yaml"), *run_args(data, tmp_path / "again"), "model.tiny=null",
+                     f"model.path={tmp_path / 'run'}", "optim.max_steps=1"]) == 0
+    assert json.loads((tmp_path / "again" / "train_report.json").read_text())["total_optimizer_steps"] == 1
 
 
 @pytest.mark.parametrize("name", ["finetune", "pretrain"])

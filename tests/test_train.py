@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from helpers import llavolta
 from image_llavolta.train_config import load_config
 from video_llavolta.checkpoint import load_pretrained
 from video_llavolta.train import train
@@ -26,16 +27,20 @@ def synthetic(tmp_path_factory):
     return root
 
 
-def run_config(root, out, *overrides):
-    return load_config(None, [
+def run_overrides(root, out, *overrides):
+    return [
         f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
         f"data.train=[{root / 'train24.json'}]", f"data.video_root={root / 'videos'}", "data.max_length=512",
         "optim.per_device_batch_size=4", "optim.lr=1e-3", f"scheme={json.dumps(SCHEME)}", "logging_steps=100",
         *overrides,
-    ])
+    ]
 
 
-def test_each_stage_runs_its_spec_and_the_checkpoint_carries_the_last(synthetic, tmp_path):
+def run_config(root, out, *overrides):
+    return load_config(None, run_overrides(root, out, *overrides))
+
+
+def test_each_stage_runs_its_spec_and_the_checkpoint_carries_the_last(synthetic, tmp_path, capsys):
     report = train(run_config(synthetic, tmp_path / "run"))
     assert report["total_optimizer_steps"] == 6  # 24 samples / batch 4
     first, last = report["stages"]
@@ -46,6 +51,16 @@ def test_each_stage_runs_its_spec_and_the_checkpoint_carries_the_last(synthetic,
     assert (first["visual_tokens_in"], first["visual_tokens_out"]) == (frames_in * 17, frames_in * 5)
     assert first["compression_ratio"] == pytest.approx(2 * 17 / (17 + 5), abs=1e-4)  # Eq. 3, N=2, K=1
     assert last["visual_tokens_out"] == last["visual_tokens_in"] and last["compression_ratio"] == 1.0
+    # #Tokens over the N=2 layers: K=1 layer of full frames, then 1 of pooled ones; uncompressed, 2 of full frames
+    assert first["visual_tokens_over_layers"] == frames_in * 17 + frames_in * 5
+    assert last["visual_tokens_over_layers"] == 2 * last["visual_tokens_in"]
+    assert report["visual_tokens_over_layers"] == first["visual_tokens_over_layers"] + last["visual_tokens_over_layers"]
+    table = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("stage "))
+    assert table[header].split() == ["stage", "steps", "time", "s", "samples/s", "vis", "in", "vis", "out", "#Tokens",
+                                     "CR", "loss"]
+    assert table[header + 2].split()[:2] == ["K=1,S=4", "3"] and table[header + 3].split()[:2] == ["none", "3"]
+    assert table[header + 2].split()[6] == str(first["visual_tokens_over_layers"])
     assert report["stage_by_step"] == {"0": "K=1,S=4", "1": "K=1,S=4", "2": "K=1,S=4",
                                        "3": "none", "4": "none", "5": "none"}
     saved = json.loads((tmp_path / "run" / "train_report.json").read_text())
@@ -151,3 +166,14 @@ def test_lora_trains_adapters_and_saves_a_merged_model(synthetic, tmp_path):
     assert any(".self_attn.q_proj." in k for k in changed)  # W + BA merged in
     assert any("multi_modal_projector" in k for k in changed)  # trained in full
     assert not any("embed_tokens" in k or "_tower" in k or "lm_head" in k for k in changed)  # frozen
+
+
+def test_llavolta_train_runs_a_video_config_through_the_console_script(synthetic, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {family: video_llava}\n")  # a tiny model names its family
+    done = llavolta("train", config, *run_overrides(synthetic, tmp_path / "run", "optim.max_steps=2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert report["total_optimizer_steps"] == 2 and report["config"]["model"]["family"] == "video_llava"
+    assert load_pretrained(tmp_path / "run").config.model_type == "video_llava"
+    assert "#Tokens" in done.stdout

@@ -53,6 +53,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from image_llavolta.checkpoint import key_pattern
+from image_llavolta.commands import command_main
 from image_llavolta.configs import image_tokens
 from image_llavolta.conversation import TEMPLATE_KEY
 from image_llavolta.processing import PREPROCESSING_KEY
@@ -550,9 +551,8 @@ def convert_tokenizer(llm_dir: str, config: VideoLlavaConfig, out_dir: str) -> d
     return {"from": name, "placeholders": ids, "tokens": len(tokenizer)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The converter's options."""
     parser.add_argument("--llm", required=True, help="released Video-LLaVA LLM folder (e.g. Video-LLaVA-7B)")
     parser.add_argument("--image-tower", help="LanguageBind_Image folder (default: the LLM folder's embedded copy)")
     parser.add_argument("--video-tower", help="LanguageBind_Video_merge folder (default: the LLM folder's copy)")
@@ -561,7 +561,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="cast every floating tensor (default: keep each one's dtype)")
     parser.add_argument("--allow-tower-difference", action="store_true",
                         help="convert even when the LLM folder's tower copies differ from the tower folders")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, then print what came from where."""
     report = convert(args.llm, args.out, args.image_tower, args.video_tower,
                      dtype=getattr(torch, args.dtype) if args.dtype else None,
                      allow_tower_difference=args.allow_tower_difference)
@@ -574,7 +577,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {tower}: weights from {info['weights_from']}{compared}")
     for reason, keys in report.dropped.items():
         print(f"  dropped {len(keys):5d}  {reason}")
+    return 0
 
+
+main = command_main(add_arguments, run, "python -m video_llavolta.convert", __doc__)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Sequence
 
 
+from image_llavolta.commands import command_main
 from image_llavolta.generation import add_model_arguments, load_for_generation
 from image_llavolta.jsonio import write_jsonl
 from image_llavolta.compression import CompressionSpec
@@ -222,10 +223,8 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,8,16, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The probe's command-line arguments."""
-    p = argparse.ArgumentParser(prog="python -m video_llavolta.probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The probe's options."""
     add_model_arguments(p, "Video-LLaVA", compression=False)
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
     p.add_argument("--video-root", required=True, help="folder the QA file's video paths are relative to")
@@ -247,35 +246,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"default: {DEFAULT_JUDGE_MODEL}")
     g.add_argument("--base-url", help="OpenAI-compatible server (default: OpenAI)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the probe from the command line: exit code 1 when a sweep point failed, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the probe and print its tables: exit code 1 when a sweep point failed."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.judge == "openai":
-            judge = OpenAIJudge(args.judge_model, args.base_url, args.api_key_env,
-                                cache_path=os.path.join(args.out, "judge_cache.jsonl"))
-        else:
-            judge = OfflineJudge("normalized")
-        from .checkpoint import load_pretrained
+    if args.judge == "openai":
+        judge = OpenAIJudge(args.judge_model, args.base_url, args.api_key_env,
+                            cache_path=os.path.join(args.out, "judge_cache.jsonl"))
+    else:
+        judge = OfflineJudge("normalized")
+    from .checkpoint import load_pretrained
 
-        model, tokenizer = load_for_generation(args, load_pretrained, compression=None)
-        result = run_probe(model, tokenizer, args.qa, args.out, args.video_root, args.layers, args.strides, judge,
-                           frames_root=args.frames_root, limit=args.limit, attention_samples=args.attention_samples,
-                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, method=args.method,
-                           template=args.template, lines_per=args.lines_per)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_for_generation(args, load_pretrained, compression=None)
+    result = run_probe(model, tokenizer, args.qa, args.out, args.video_root, args.layers, args.strides, judge,
+                       frames_root=args.frames_root, limit=args.limit, attention_samples=args.attention_samples,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, method=args.method,
+                       template=args.template, lines_per=args.lines_per)
     print_tables(result)
     failed = result["sweep"]["counts"]["failed"]
     if failed:
         print(f"{failed} sweep point(s) failed (see sweep.json); rerun the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+main = command_main(add_arguments, run, "python -m video_llavolta.probe", __doc__)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import torch
 import transformers
 
+from image_llavolta.commands import Job, Jobs, main_for
 from image_llavolta.compression import FROM_CONFIG, SpecArgument
 from image_llavolta.conversation import Template, resolve_template
 from image_llavolta.generation import (  # the shared loop; re-exported here for the video harness's callers
@@ -58,6 +59,8 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
     resolve_compression,
     shard_path,
 )
+from image_llavolta.tables import format_table
+
 from .benchmarks import DEFAULT_PROMPT, VideoQASpec, load_qa_spec, read_qa
 from .frames import video_source
 from .inputs import encode_sample, read_video
@@ -155,14 +158,11 @@ def merge_predictions(shard_paths: Sequence[str | os.PathLike], qa_path: str | o
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line
+# Command line: `run` (the default) answers this rank's share, `merge` joins the ranks' shards
 
 
-def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m video_llavolta.qa_inference", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Merge the shards of a multi-rank run: python -m video_llavolta.qa_inference "
-                                       "merge --help")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Inference's options."""
     add_model_arguments(p, "Video-LLaVA")
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
     p.add_argument("--benchmark", metavar="NAME|SPEC",
@@ -173,54 +173,49 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int,
                    help=f"default: the benchmark spec's, else {DEFAULT_MAX_NEW_TOKENS}")
-    return p
 
 
-def _merge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m video_llavolta.qa_inference merge",
-                                description="Merge rank shards: every question id exactly once, answers joined by id.")
-    p.add_argument("--qa", required=True, help="the QA JSONL the shards answered")
-    p.add_argument("--out", required=True, help="merged predictions JSONL (the --out the ranks were given)")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--world-size", type=int, help="find the shards <out>.rank<r>-of-<W>.jsonl")
-    group.add_argument("--shards", nargs="+", help="the shard files")
-    return p
-
-
-def _print_rows(title: str, rows: dict) -> None:
-    width = max(map(len, rows))
-    print(f"\n{title}")
-    for key, value in rows.items():
-        print(f"  {key:<{width}}  {value}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run inference (this process's rank from RANK / WORLD_SIZE) or `merge`; bad input exits with code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace) -> int:
+    """Answer this process's rank's share of the questions (rank from RANK / WORLD_SIZE) and print a summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if argv[:1] == ["merge"]:
-            args = _merge_parser().parse_args(argv[1:])
-            shards = args.shards or [shard_path(args.out, r, args.world_size) for r in range(args.world_size)]
-            _print_rows("merge", merge_predictions(shards, args.qa, args.out))
-            return 0
-        args = _run_parser().parse_args(argv)
-        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        from .checkpoint import load_pretrained
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from .checkpoint import load_pretrained
 
-        model, tokenizer = load_for_generation(args, load_pretrained)
-        summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
-                                args.batch_size, args.max_new_tokens, args.compression, template=args.template,
-                                rank=rank, world_size=world_size, benchmark=args.benchmark)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_for_generation(args, load_pretrained)
+    summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
+                            args.batch_size, args.max_new_tokens, args.compression, template=args.template,
+                            rank=rank, world_size=world_size, benchmark=args.benchmark)
     _print_rows(f"qa inference (rank {rank} of {world_size})", summary)
     if world_size > 1 and rank == 0:
         print(f"\nwhen every rank has finished: python -m video_llavolta.qa_inference merge --qa {args.qa} "
               f"--out {args.out} --world-size {world_size}")
     return 0
 
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    """The merge job's options."""
+    p.add_argument("--qa", required=True, help="the QA JSONL the shards answered")
+    p.add_argument("--out", required=True, help="merged predictions JSONL (the --out the ranks were given)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--world-size", type=int, help="find the shards <out>.rank<r>-of-<W>.jsonl")
+    group.add_argument("--shards", nargs="+", help="the shard files")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge the rank shards into `--out` and print a summary."""
+    shards = args.shards or [shard_path(args.out, r, args.world_size) for r in range(args.world_size)]
+    _print_rows("merge", merge_predictions(shards, args.qa, args.out))
+    return 0
+
+
+def _print_rows(title: str, rows: dict) -> None:
+    print("\n" + format_table(rows.items(), title=title, indent=2))
+
+
+RUN = Job(__doc__, add_arguments, run, "answer every question of a QA JSONL (this rank's share under torchrun)")
+MERGE = Job("Merge rank shards: every question id exactly once, answers joined by id.", add_merge_arguments, run_merge)
+JOBS = Jobs(__doc__, {"run": RUN, "merge": MERGE}, default="run")
+main = main_for(JOBS, "python -m video_llavolta.qa_inference")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,9 +7,13 @@ encoder sub-modules, so ZeRO-3's parameter all-gathers deadlock.
 """
 from __future__ import annotations
 
+import argparse
+
 from image_llavolta.checkpoint import default_attn_implementation
-from image_llavolta.train import cli, dataset_options, token_id, tokenizer_for_run, train_on_dataset
-from image_llavolta.train_config import TrainConfig
+from image_llavolta.commands import command_main
+from image_llavolta.train import (add_arguments, check_family, dataset_options, token_id, tokenizer_for_run,
+                                  train_on_dataset)
+from image_llavolta.train_config import TrainConfig, load_config
 
 from .checkpoint import load_pretrained
 from .configs import tiny_video_llava_config
@@ -25,6 +29,7 @@ ZERO3_REFUSAL = (
 
 def model_for_run(config: TrainConfig, tokenizer) -> VideoLlavoltaForConditionalGeneration:
     """The run's Video-LLaVA: a local checkpoint (compression off), or a tiny random one sized to the tokenizer."""
+    check_family(config, "video_llava")
     m = config.model
     if m.path is not None:
         return load_pretrained(m.path, compression=None, temporal=m.temporal_attention,
@@ -49,10 +54,13 @@ def train(config: TrainConfig, resume: str | None = None, callbacks=()) -> dict:
     return train_on_dataset(config, model, tokenizer, dataset, resume, callbacks)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    cli(train, __doc__, argv)
+def run(args: argparse.Namespace) -> int:
+    """Load the run config and train."""
+    train(load_config(args.config, args.overrides), args.resume)
+    return 0
 
+
+main = command_main(add_arguments, run, "python -m video_llavolta.train", __doc__)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
+from image_llavolta.commands import command_main
 from image_llavolta.jsonio import sidecar_path
 
 from ..benchmarks import VideoQASpec, load_qa_spec, qa_spec_files
-from .client import JudgeError, OpenAIJudge
+from .client import OpenAIJudge
 from .offline import OfflineJudge
 from .prompts import DEFAULT_JUDGE_MODEL, check_rubric
 from .results import judge_predictions, name_files, print_results
@@ -89,33 +89,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Judge predictions; bad input is one clear line and exit code 2."""
+    """Judge predictions, print the table and write the results."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        preds, benchmark = _pairs(args.predictions), args.benchmark
-        if benchmark is not None and benchmark.endswith((".yaml", ".yml")):  # a spec file names the benchmark
-            spec = load_qa_spec(benchmark)
-            specs, benchmark = {spec.name: spec}, spec.name
-        else:
-            specs = benchmark_specs(name_files(preds, benchmark))
-        if args.judge == "openai":
-            judge = OpenAIJudge(judge_model(specs, args.model), args.base_url, args.api_key_env, args.concurrency,
-                                args.max_retries, args.max_parse_retries, args.timeout,
-                                cache_path=args.cache or sidecar_path(args.out, ".judge_cache.jsonl"))
-        else:
-            judge = OfflineJudge(args.judge.removeprefix("offline-"))
-        results = judge_predictions(preds, judge, args.out, benchmark, _pairs(args.qa), specs=specs)
-    except (OSError, ValueError, JudgeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    preds, benchmark = _pairs(args.predictions), args.benchmark
+    if benchmark is not None and benchmark.endswith((".yaml", ".yml")):  # a spec file names the benchmark
+        spec = load_qa_spec(benchmark)
+        specs, benchmark = {spec.name: spec}, spec.name
+    else:
+        specs = benchmark_specs(name_files(preds, benchmark))
+    if args.judge == "openai":
+        judge = OpenAIJudge(judge_model(specs, args.model), args.base_url, args.api_key_env, args.concurrency,
+                            args.max_retries, args.max_parse_retries, args.timeout,
+                            cache_path=args.cache or sidecar_path(args.out, ".judge_cache.jsonl"))
+    else:
+        judge = OfflineJudge(args.judge.removeprefix("offline-"))
+    results = judge_predictions(preds, judge, args.out, benchmark, _pairs(args.qa), specs=specs)
     print_results(results)
     print(f"\nresults: {args.out}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m video_llavolta.judge`: parse the options, then `run`."""
-    parser = argparse.ArgumentParser(prog="python -m video_llavolta.judge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = command_main(add_arguments, run, "python -m video_llavolta.judge", __doc__)

@@ -27,7 +27,7 @@ from .replies import JudgeParseError, Judgment, parse_reply
 logger = logging.getLogger(__name__)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(ValueError):
     """A problem no retry can fix (bad API key, unknown model): the run stops."""
 
 
