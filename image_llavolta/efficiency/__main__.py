@@ -1,0 +1,6 @@
+"""`python -m image_llavolta.efficiency`: the efficiency report of LLaVA models (`llavolta efficiency`: every family)."""
+import sys
+
+from .report import main
+
+sys.exit(main())
