@@ -31,7 +31,7 @@ from transformers import PretrainedConfig
 from .checkpoint import load_pretrained as load_llava
 from .checkpoint import read_config
 from .compression import enable_compression, placeholder_ids
-from .configs import image_tokens, tiny_llava_config
+from .configs import placeholder_tokens, tiny_llava_config
 from .efficiency.flops import vision_tower_flops
 from .models.llava import LlavoltaForConditionalGeneration
 
@@ -88,7 +88,7 @@ def synthetic_ids(config, batch: int, text_tokens: int, placeholder: int, visual
 def _llava_inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0) -> dict:
     """Text, one image, text per sample."""
     g = torch.Generator().manual_seed(seed)
-    ids = synthetic_ids(config, batch, text_tokens, config.image_token_id, image_tokens(config), g)
+    ids = synthetic_ids(config, batch, text_tokens, *placeholder_tokens(config)["<image>"], g)
     size = config.vision_config.image_size
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
             "pixel_values": torch.randn(batch, 3, size, size, generator=g)}

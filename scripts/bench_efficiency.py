@@ -1,4 +1,4 @@
-"""Efficiency report (tokens, CR, FLOPs, TTFT, decode tokens/s, peak memory): a thin entry to `image_llavolta.efficiency`.
+"""Efficiency report (tokens, CR, FLOPs, TTFT, decode tokens/s, peak memory): a thin entry to its command line.
 
 With no arguments: the paper's Table 5 settings on a tiny model of the paper's shape (32 layers, 576 image tokens,
 hidden 64), plus the analytic TFLOPs of the real LLaVA-1.5-7B shape against the paper's column. Arguments are

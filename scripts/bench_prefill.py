@@ -70,8 +70,8 @@ def main() -> None:
     for name, spec in SETTINGS.items():
         ideal = stock_flops / language_model_flops(config, inputs, stats[name], attention="causal")
         speedups[name] = paired_speedup(times["stock"]["ms"], times[name]["ms"])
-        rows.append([name, compressed_length(inputs, stats[name]), f"{statistics.median(times[name]['ms']):.1f}", f"{speedups[name]:.2f}",
-                     f"{ideal:.2f}", f"{speedups[name] / ideal:.2f}", f"{memory[name]:.1f}"])
+        rows.append([name, compressed_length(inputs, stats[name]), f"{statistics.median(times[name]['ms']):.1f}",
+                     f"{speedups[name]:.2f}", f"{ideal:.2f}", f"{speedups[name] / ideal:.2f}", f"{memory[name]:.1f}"])
     text = config.text_config
     print(format_table(rows, ["setting", "tokens>K", "ms", "speedup", "ideal", "ratio", "peak MB"],
                        title=f"\nprefill of {inputs['input_ids'].shape[1]} tokens ({num_frames(config)}×"

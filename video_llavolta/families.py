@@ -15,18 +15,17 @@ from image_llavolta.efficiency.flops import vision_tower_flops
 from image_llavolta.family import LLAVA, ModelFamily, find_family, synthetic_ids
 
 from .checkpoint import load_pretrained
-from .configs import DEFAULT_FRAMES, frame_tokens, num_frames, temporal_attention, tiny_video_llava_config
+from .configs import DEFAULT_FRAMES, num_frames, placeholder_tokens, temporal_attention, tiny_video_llava_config
 from .models.video_llava import build_model
 
 
 def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0) -> dict:
     """Text, one video of the configured frame count, text per sample."""
     g = torch.Generator().manual_seed(seed)
-    frames = num_frames(config)
-    ids = synthetic_ids(config, batch, text_tokens, config.video_token_id, frames * frame_tokens(config), g)
+    ids = synthetic_ids(config, batch, text_tokens, *placeholder_tokens(config)["<video>"], g)
     size = config.vision_config.image_size
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "pixel_values_videos": torch.randn(batch, frames, 3, size, size, generator=g)}
+            "pixel_values_videos": torch.randn(batch, num_frames(config), 3, size, size, generator=g)}
 
 
 def _vision_flops(config, inputs: Mapping) -> int:

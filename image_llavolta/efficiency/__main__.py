@@ -1,4 +1,4 @@
-"""`python -m image_llavolta.efficiency`: the efficiency report of LLaVA models (`llavolta efficiency`: every family)."""
+"""`python -m image_llavolta.efficiency`: the efficiency report of LLaVA models (`llavolta efficiency`: all)."""
 import sys
 
 from .report import main

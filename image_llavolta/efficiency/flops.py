@@ -33,7 +33,7 @@ def _attention_pairs(queries: int, keys: int, attention: str) -> int:
 
 
 def decoder_layer_flops(config, tokens: int, attention: str = "causal") -> int:
-    """FLOPs (2 per multiply-add) of one decoder layer on `tokens` tokens, no cache; `attention` as in the module note."""
+    """FLOPs (2 per multiply-add) of one decoder layer on `tokens` tokens, no cache; `attention`: see the module."""
     d = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
     q_dim = config.num_attention_heads * head_dim
@@ -162,7 +162,8 @@ def paper_7b_flops(text_tokens: int) -> dict:
             name = f"attention={attention}" + (", with vision tower+projector" if with_vision else ", LLM only")
             rows = {paper_setting_label(k): round(tflops(k, text_tokens, attention, with_vision), 3)
                     for k in PAPER_TABLE5}
-            fit = min(range(0, 1025), key=lambda t: abs(tflops(None, t, attention, with_vision) - PAPER_TABLE5[None][2]))
+            stock = PAPER_TABLE5[None][2]
+            fit = min(range(0, 1025), key=lambda t: abs(tflops(None, t, attention, with_vision) - stock))
             worst = max(abs(tflops(k, fit, attention, with_vision) / v[2] - 1) for k, v in PAPER_TABLE5.items())
             conventions[name] = {"tflops": rows, "fitted_text_tokens": fit, "fitted_max_rel_error": worst}
     return {"text_tokens": text_tokens,

@@ -106,7 +106,8 @@ def efficiency_report(family: ModelFamily, model, inputs: dict, settings: list[S
     if repeats < 0 or warmup < 0:
         raise ValueError(f"repeats and warmup must be >= 0, got repeats={repeats}, warmup={warmup}")
     if not hasattr(model, "compression_spec"):
-        raise ValueError(f"{type(model).__name__} is not a compressed model: call enable_compression(model, None) first")
+        raise ValueError(f"{type(model).__name__} is not a compressed model: call enable_compression(model, None) "
+                         "first")
     labels = [setting_label(s) for s in settings]
     if len(set(labels)) != len(labels):
         raise ValueError(f"settings repeat: {labels}")
@@ -146,7 +147,8 @@ def efficiency_report(family: ModelFamily, model, inputs: dict, settings: list[S
             "device": str(device),
             "attn_implementation": text._attn_implementation,
         },
-        "inputs": {"batch": ids.shape[0], "sequence_length": ids.shape[1], "visual_tokens_per_sample": visual_per_sample,
+        "inputs": {"batch": ids.shape[0], "sequence_length": ids.shape[1],
+                   "visual_tokens_per_sample": visual_per_sample,
                    **{k: list(v.shape) for k, v in inputs.items() if k.startswith("pixel_values")}},
         "method": {
             "repeats": repeats, "warmup": warmup, "new_tokens": new_tokens, "threads": torch.get_num_threads(),
@@ -154,7 +156,8 @@ def efficiency_report(family: ModelFamily, model, inputs: dict, settings: list[S
                        "stock transformers class's forward",
             "flops": "whole model (vision encoders + projector + decoder + LM head); analytic: matrix products, 2 "
                      "per multiply-add, attention over the full query×key matrix; profiler: DeepSpeed FlopsProfiler",
-            "ttft": f"median of {repeats} prefill forwards + argmax after {warmup} warm-up rounds, settings interleaved",
+            "ttft": f"median of {repeats} prefill forwards + argmax after {warmup} warm-up rounds, settings "
+                    "interleaved",
             "decode": f"greedy generate of {new_tokens} tokens: (new_tokens - 1) / (last token time - first token "
                       "time), per sequence, median over the same rounds",
             "memory": memory_method(device),
@@ -234,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"--tiny: the model family, by model_type (default {LLAVA.model_type})")
     parser.add_argument("--video", dest="family", action="store_const", const="video_llava",
                         help="--tiny: a Video-LLaVA model (one video per sample); short for --family video_llava")
-    parser.add_argument("--layers", type=int, default=PAPER_LAYERS, help="--tiny: decoder layers (default: the paper's 32)")
+    parser.add_argument("--layers", type=int, default=PAPER_LAYERS,
+                        help="--tiny: decoder layers (default: the paper's 32)")
     parser.add_argument("--hidden", type=int, default=64, help="--tiny: decoder hidden size")
     parser.add_argument("--image-size", type=int, default=None,
                         help="--tiny: pixels (default: the real model's, e.g. 336 for LLaVA-1.5 → 576 tokens as in "
@@ -250,7 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated to time decoding")
     parser.add_argument("--no-profile", action="store_true", help="skip the DeepSpeed flops profiler")
     parser.add_argument("--paper-7b", action="store_true",
-                        help="also compare analytic 7B TFLOPs with the paper's Table 5 column (configs only, no weights)")
+                        help="also compare analytic 7B TFLOPs with the paper's Table 5 column (configs only, no "
+                             "weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
                         help="default: float32 for --tiny, the checkpoint's own otherwise")
