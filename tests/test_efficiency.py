@@ -8,10 +8,10 @@ from tiny_models import FRAMES, PATCHES, pad_batch, pixels, sequence, tiny_llava
 from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
 
 from image_llavolta.compression import CompressionSpec, enable_compression
+from image_llavolta.efficiency.flops import paper_7b_flops
 from image_llavolta.efficiency.measure import (
     _cpu_peak_bytes, decode_tokens_per_second, paired_speedup, prefill, timing_rounds,
 )
-from image_llavolta.efficiency.flops import paper_7b_flops
 from image_llavolta.efficiency.report import efficiency_report, main
 from image_llavolta.family import LLAVA
 from video_llavolta.families import FAMILIES, VIDEO_LLAVA
@@ -97,29 +97,6 @@ def test_profiler_flops_match_analytic(kind):
     stock, compressed = report["rows"][0], report["rows"][-1]
     assert compressed["flops_analytic"]["language_model"] < stock["flops_analytic"]["language_model"]
     assert compressed["flops_analytic"]["vision"] == stock["flops_analytic"]["vision"]
-
-
-@pytest.mark.parametrize("family, tokens, pixel_key, pixel_shape", [
-    (LLAVA, PATCHES, "pixel_values", (2, 3, 28, 28)),  # one image: 16 patches, CLS dropped
-    (VIDEO_LLAVA, 3 * (PATCHES + 1), "pixel_values_videos", (2, 3, 3, 28, 28)),  # one video of 3 frames, CLS kept
-])
-def test_synthetic_inputs_have_the_familys_placeholder_layout(family, tokens, pixel_key, pixel_shape):
-    options = {"num_frames": 3} if family is VIDEO_LLAVA else {}
-    model = family.tiny_model(2, 16, 28, 7, seed=0, **options)
-    config = model.config
-    inputs = family.synthetic_inputs(config, batch=2, text_tokens=7, seed=3)
-    ids = inputs["input_ids"]
-    placeholder = config.video_token_id if family is VIDEO_LLAVA else config.image_token_id
-    assert ids.shape == (2, 7 + tokens) and inputs["attention_mask"].tolist() == torch.ones(2, 7 + tokens).tolist()
-    assert set(inputs) == {"input_ids", "attention_mask", pixel_key} and inputs[pixel_key].shape == pixel_shape
-    # text 3 ids (7 // 2), the visual block, text 4 ids; text ids are neither placeholders nor pad/BOS/EOS
-    assert (ids[:, 3:3 + tokens] == placeholder).all()
-    text = torch.cat([ids[:, :3], ids[:, 3 + tokens:]], 1)
-    assert text.min() >= 3 and not torch.isin(text, torch.tensor([config.image_token_id, placeholder])).any()
-    assert torch.equal(family.synthetic_inputs(config, batch=2, text_tokens=7, seed=3)["input_ids"], ids)
-    with torch.no_grad():  # the stock class takes them as they are
-        out = model.stock_class.forward(model, **inputs)
-    assert out.logits.shape == (2, 7 + tokens, config.text_config.vocab_size)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..compression import FROM_CONFIG, CompressionSpec, GRAMMAR, parse_spec, placeholder_ids
+from ..compression import FROM_CONFIG, GRAMMAR, parse_spec, placeholder_ids
 from ..family import LLAVA, ModelFamily, family_named, find_family
 from ..tables import format_table
 from .flops import PAPER_LAYERS, PAPER_TABLE5, PAPER_VISUAL_TOKENS, analytic_flops, paper_7b_flops
