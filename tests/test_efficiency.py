@@ -1,6 +1,8 @@
 """The efficiency report: token accounting and CR by hand, FLOPs cross-checked against DeepSpeed, JSON and table."""
 import json
 import math
+import runpy
+import sys
 
 import pytest
 import torch
@@ -215,6 +217,16 @@ def test_cli_video_needs_the_video_family(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*TINY, "--specs", "none", "2:8", *QUICK])
     assert "--specs" in capsys.readouterr().err
+
+
+def test_the_python_m_form_runs_the_report(monkeypatch, capsys):
+    # `python -m image_llavolta.efficiency`, in this process (a fresh interpreter would spend its time on imports)
+    monkeypatch.setattr(sys, "argv", ["efficiency", *TINY, "--layers", "2", "--specs", "none", "1,2", *QUICK])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("image_llavolta.efficiency", run_name="__main__")
+    assert exit_.value.code == 0
+    rows = [line.split()[:4] for line in capsys.readouterr().out.splitlines() if line.startswith(("stock ", "K="))]
+    assert rows == [["stock", "16", "16", "32"], ["K=1,S=2", "16", "8", "24"]]  # N=2: 2·16, then 16 + 8
 
 
 def test_paper_tflops_column_is_the_7b_linear_layers():
