@@ -266,10 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pick_family(args, families: Mapping[str, ModelFamily]) -> ModelFamily:
     """The family the options name: a checkpoint's config says it, --tiny takes --family (default LLaVA)."""
+    if args.checkpoint and args.family is not None:
+        raise ValueError("--family / --video go with --tiny (a checkpoint's config says what it is)")
     try:
         if args.checkpoint:
-            if args.family is not None:
-                raise ValueError("--family / --video go with --tiny (a checkpoint's config says what it is)")
             return find_family(args.checkpoint, families)
         return family_named(args.family or LLAVA.model_type, families, "--tiny --family / --video")
     except ValueError as err:
