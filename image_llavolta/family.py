@@ -16,7 +16,7 @@ command lines, measurements and tests need around it. Its fields:
 - `image_size`: the real model's input size in pixels, the default of tiny models, so that they get the real
   number of visual tokens per image or frame.
 
-A new family is one more value here or next to its adapter's package, and one more entry in
+A new family is one more `ModelFamily` value, in the package of its adapter, and one more entry in
 `video_llavolta.families.FAMILIES`, which lists every family; `LLAVA` is the base package's own.
 """
 from __future__ import annotations
