@@ -138,3 +138,4 @@ def command_main(add_arguments: Callable[[argparse.ArgumentParser], None], run: 
                  prog: str, description: str | None) -> Callable[[Sequence[str] | None], int]:
     """The `main(argv=None) -> int` of a one-job `python -m` form."""
     return main_for(Job(description or "", add_arguments, run), prog)
+

@@ -17,6 +17,7 @@ made the predictions, run facts, counts, status).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -309,13 +310,21 @@ def merge_shards(
 # Command lines
 
 
+def spec_argument(text: str) -> SpecArgument:
+    """argparse's `type` for a compression option: `parse_spec`, its message shown on a bad value."""
+    try:
+        return parse_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model_arguments(parser, what: str, compression: bool = True) -> None:
     """The options every answering command shares: --model, --tokenizer, --template, --device, --dtype (and
     --compression)."""
     parser.add_argument("--model", required=True, help=f"{what} checkpoint directory (Hugging Face layout)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
     if compression:
-        parser.add_argument("--compression", default=FROM_CONFIG, type=parse_spec,
+        parser.add_argument("--compression", default=FROM_CONFIG, type=spec_argument,
                             help=f"test-time compression: {GRAMMAR}; default from_config, the checkpoint's")
     parser.add_argument("--template", choices=sorted(TEMPLATES),
                         help=f"conversation template (default: the one the checkpoint records in {TEMPLATE_KEY}, "

@@ -36,6 +36,7 @@ from .compression.scores import query_attention
 from .conversation import Template
 from .inputs import collate
 from .jsonio import check_settings, read_json, write_json
+from .tables import format_table, percent
 
 logger = logging.getLogger(__name__)
 
@@ -89,49 +90,47 @@ def sweep_grid(layers: Sequence[int], strides: Sequence[int], num_layers: int, m
     return ([None] if stock else []) + grid
 
 
-def tokens_over_layers(num_layers: int, spec: CompressionSpec | None, segment_lengths: Sequence[int]) -> int:
-    """The tables' '#Tokens' for one sample: K'·L + (N−K')·L_out visual tokens summed over the decoder's layers.
+def sample_stats(num_layers: int, spec: CompressionSpec | None, segment_lengths: Sequence[int]) -> CompressionStats:
+    """The accounting a forward with `spec` reports for one sample whose visual segments have these lengths.
 
     `segment_lengths` are the visual tokens of each image or video frame of the sample; each is pooled on its
-    own, a last partial window kept. None (the stock model) keeps N·L.
+    own, a last partial window kept. None (the stock model) keeps every token in every layer.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     lengths = list(segment_lengths)
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
         raise ValueError(f"segment_lengths must be positive token counts, got {lengths}")
-    total = sum(lengths)
-    if spec is None:
-        return num_layers * total
-    spec.check_fits(num_layers)
-    k = min(spec.layer, num_layers)
-    pooled = sum(pooled_length(n, spec.stride) for n in lengths)
-    return k * total + (num_layers - k) * pooled
+    if spec is not None:
+        spec.check_fits(num_layers)
+    layer, stride = (0, 1) if spec is None else (spec.layer, spec.stride)
+    pooled = sum(pooled_length(n, stride) for n in lengths)
+    return CompressionStats(num_layers, layer, stride, torch.tensor([sum(lengths)]), torch.tensor([pooled]))
 
 
 def share_kept(num_layers: int, spec: CompressionSpec | None, segment_lengths: Sequence[int]) -> float:
     """Visual tokens summed over the decoder's layers / (N·L): 1/CR of Eq. 3 (1.0 for None, the stock model)."""
-    return tokens_over_layers(num_layers, spec, segment_lengths) / (num_layers * sum(segment_lengths))
+    return share_kept_from_stats(sample_stats(num_layers, spec, segment_lengths))
 
 
 def share_kept_from_stats(stats: CompressionStats) -> float:
-    """The same share, from a forward's own accounting: tokens_over_layers / (N · visual tokens in)."""
+    """The same share, from a forward's own accounting: 1 / its compression ratio."""
     if stats.tokens_in == 0:
         raise ValueError("the forward had no visual tokens: the share kept is undefined")
-    return stats.tokens_over_layers / (stats.num_layers * stats.tokens_in)
+    return 1 / stats.ratio
 
 
 def _point_record(spec, num_layers, segment_lengths) -> dict:
-    share = share_kept(num_layers, spec, segment_lengths)
+    stats = sample_stats(num_layers, spec, segment_lengths)
     return {
         "name": point_name(spec),
         "stock": spec is None,
         "layer": None if spec is None else spec.layer,
         "stride": None if spec is None else spec.stride,
         "method": None if spec is None else spec.method,
-        "share_kept": share,
-        "compression_ratio": 1 / share,
-        "tokens_over_layers": tokens_over_layers(num_layers, spec, segment_lengths),
+        "share_kept": share_kept_from_stats(stats),
+        "compression_ratio": stats.ratio,
+        "tokens_over_layers": stats.tokens_over_layers,
     }
 
 
@@ -201,17 +200,22 @@ def run_sweep(
     return save("complete" if counts["failed"] == 0 else "incomplete")
 
 
+def format_sweep(sweep: Mapping) -> str:
+    """The sweep as a table, one row per point, with the errors of failed points below it."""
+    c = sweep["counts"]
+    rows = [[p["name"], None if p["stock"] else p["layer"], None if p["stock"] else p["stride"],
+             percent(p["share_kept"]), f"{p['compression_ratio']:.2f}", percent(p["accuracy"]),
+             None if (score := (p.get("metrics") or {}).get("score")) is None else f"{score:.2f}", p["status"]]
+            for p in sweep["points"]]
+    title = (f"sweep: {len(sweep['points'])} points ({c['evaluated']} evaluated now, {c['resumed']} resumed, "
+             f"{c['failed']} failed)")
+    errors = [f"{p['name']} {p['status']}: {p['error']}" for p in sweep["points"] if p["status"] != "ok"]
+    table = format_table(rows, ["point", "K", "S", "kept", "CR", "accuracy", "score", "status"], title=title)
+    return "\n".join([table, *errors])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Prompt regions
-
-
-def visual_token_ids(config) -> list[int]:
-    """The image / video placeholder ids of a LLaVA or Video-LLaVA config."""
-    ids = [getattr(config, a, None) for a in ("image_token_id", "video_token_id")]
-    ids = [int(i) for i in ids if i is not None]
-    if not ids:
-        raise ValueError(f"{type(config).__name__} has no image_token_id / video_token_id")
-    return ids
 
 
 def system_prompt_mask(tokenizer, template: Template, prompt: str, input_ids: Sequence[int]) -> list[bool]:
@@ -365,3 +369,16 @@ def attention_profile(model, samples: Sequence[Mapping], batch_size: int = 1, pa
         "layers": layers,
         "per_sample": {name: joined[name].tolist() for name in all_names},
     }
+
+
+def format_attention(attention: Mapping) -> str:
+    """The attention profile as a table, one row per decoder layer: mass on each region, and per token."""
+    regions = list(attention["tokens"])
+    dense = [n for n in ("visual", "system") if n in regions]  # the paper's point: many tokens, little each
+    tokens = ", ".join(f"{r} {attention['tokens'][r]:.0f}" for r in regions)
+    rows = [[r["layer"], *(f"{r[f'{n}_mass']:.3f}" for n in regions),
+             *(None if r[f"{n}_per_token"] is None else f"{r[f'{n}_per_token']:.2e}" for n in dense)]
+            for r in attention["layers"]]
+    title = (f"attention of the answer position (last prompt token), mean over {attention['samples']} samples and "
+             f"{attention['heads']} heads; tokens: {tokens}")
+    return format_table(rows, ["layer", *regions, *(f"{n}/token" for n in dense)], title=title)

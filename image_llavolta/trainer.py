@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .checkpoint import load_model, read_config
-from .compression import enable_compression
+from .compression import enable_compression, ratio_over_layers
 from .conversation import record_template
 from .schedule import Scheme
 from .tables import format_table
@@ -51,7 +51,7 @@ class StageTally:
         }
 
     def _ratio(self, num_layers: int) -> float:
-        return num_layers * self.visual_in / self.tokens_over_layers if self.tokens_over_layers else 1.0
+        return ratio_over_layers(num_layers, self.visual_in, self.tokens_over_layers)
 
 
 class FailureLimitExceeded(RuntimeError):

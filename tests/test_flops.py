@@ -1,8 +1,12 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from image_llavolta.flops import decoder_layer_flops, prefill_flops, projector_flops, vision_tower_flops
+from image_llavolta.compression import CompressionStats
+from image_llavolta.efficiency.flops import (
+    compressed_length, decoder_layer_flops, language_model_flops, prefill_flops, projector_flops, vision_tower_flops,
+)
 
 CFG = SimpleNamespace(hidden_size=4, num_attention_heads=2, num_key_value_heads=1, intermediate_size=8,
                       num_hidden_layers=2, vocab_size=10, head_dim=None)
@@ -47,3 +51,17 @@ def test_projector_by_hand():
     assert projector_flops(config, 7) == 2 * 7 * (3 * 5 + 5 * 5)
     config.vision_feature_layer = [-2, -5]  # two feature layers concatenated: twice the input width
     assert projector_flops(config, 7) == 2 * 7 * (6 * 5 + 5 * 5)
+
+
+def test_language_model_flops_count_the_padded_batch():
+    # Two samples padded to 5 tokens; K=1, S=2 pools 2 → 1 and 4 → 2 visual tokens: the samples keep 3 - 2 + 1 = 2
+    # and 5 - 4 + 2 = 3 tokens, so layer 2 runs on the longest, 3. One CFG layer on t tokens with the full
+    # attention matrix: 64t (q,k,v) + 32t (o) + 16t² (QKᵀ, AV) + 192t (MLP); LM head 2·4·10 = 80.
+    config = SimpleNamespace(get_text_config=lambda decoder=True: CFG)
+    inputs = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+              "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    pooled = CompressionStats(2, 1, 2, torch.tensor([2, 4]), torch.tensor([1, 2]))
+    assert compressed_length(inputs, pooled) == 3
+    assert language_model_flops(config, inputs, pooled) == 2 * (1840 + 1008 + 80)
+    stock = CompressionStats(2, 0, 1, torch.tensor([2, 4]), torch.tensor([2, 4]))
+    assert language_model_flops(config, inputs, stock) == 2 * (2 * 1840 + 80)

@@ -15,6 +15,7 @@ from image_llavolta.configs import tiny_llava_config
 from image_llavolta.data import InstructionDataset, SampleFailure
 from image_llavolta.tokenizer import build_word_tokenizer
 from image_llavolta.train_config import load_config
+from image_llavolta.trainer import StageTally
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS_PER_IMAGE = 16  # 28-px images, 7-px patches: 4 x 4 patches, CLS dropped
@@ -22,6 +23,14 @@ POOLED_PER_IMAGE = 4  # stride 4: 16 / 4 windows
 SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
 SHAPES = {"circle": "ellipse", "square": "rectangle"}
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
+
+
+def test_a_stage_tally_reports_eq3_over_its_summed_tokens():
+    # N=32, one image of 576 tokens per step: a K=2,S=8 step (2·576 + 30·72 = 3312) and a stock one (18432)
+    tally = StageTally(steps=2, visual_in=2 * 576, visual_out=72 + 576, tokens_over_layers=3312 + 18432)
+    assert tally.as_row("mixed", 32)["compression_ratio"] == round(2 * 18432 / (3312 + 18432), 4)  # 1.6953
+    assert StageTally(visual_in=576, tokens_over_layers=3312).as_row("K=2,S=8", 32)["compression_ratio"] == 5.5652
+    assert StageTally().as_row("no visual tokens", 32)["compression_ratio"] == 1.0
 
 
 def turns(*values):

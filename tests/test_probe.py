@@ -14,8 +14,8 @@ from image_llavolta.compression import CompressionSpec, compression_ratio, enabl
 from image_llavolta.conversation import VICUNA_V1, Template, tokenize_prompt
 from image_llavolta.plots import PLOT_HINT, save_plots, sweep_figure
 from image_llavolta.probe import (
-    attention_profile, point_name, prompt_regions, run_sweep, share_kept, share_kept_from_stats, sweep_grid,
-    system_prompt_mask, tokens_over_layers,
+    attention_profile, format_attention, format_sweep, point_name, prompt_regions, run_sweep, sample_stats,
+    share_kept, share_kept_from_stats, sweep_grid, system_prompt_mask,
 )
 from video_llavolta.judge import normalize_open_answer
 from video_llavolta.probe import main as probe_main
@@ -40,14 +40,14 @@ def read(path):
 def test_share_kept_of_the_papers_image_settings(layer, stride, tokens):
     # N=32 layers, L=576 image tokens: '#Tokens' as in the paper's tables, out of 32·576 = 18432
     spec = CompressionSpec(layer, stride)
-    assert tokens_over_layers(32, spec, [576]) == tokens
+    assert sample_stats(32, spec, [576]).tokens_over_layers == tokens
     assert share_kept(32, spec, [576]) == pytest.approx(tokens / 18432, abs=1e-12)
     assert share_kept(32, spec, [576]) == pytest.approx(1 / compression_ratio(32, layer, 576, -(-576 // stride)))
 
 
 def test_share_kept_pools_each_segment_on_its_own():
     # a video: 8 frames × 257 tokens, S=4 → 65 per frame (not ceil(2056/4) = 514): 2·2056 + 30·520 = 19712
-    assert tokens_over_layers(32, CompressionSpec(2, 4), [257] * 8) == 19712
+    assert sample_stats(32, CompressionSpec(2, 4), [257] * 8).tokens_over_layers == 19712
     assert share_kept(32, CompressionSpec(2, 4), [257] * 8) == pytest.approx(19712 / 65792, abs=1e-12)
     # two segments of 5, S=2, N=4, K=1: 1·10 + 3·(3+3) = 28 of 40; the last partial window is kept
     assert share_kept(4, CompressionSpec(1, 2), [5, 5]) == pytest.approx(0.7, abs=1e-12)
@@ -155,6 +155,36 @@ def test_a_failing_point_is_recorded_and_retried_on_the_next_run(tmp_path):
 
     sweep = run_sweep([CompressionSpec(2, 2)], no_accuracy, tmp_path / "other.json", 4, [5, 5])
     assert sweep["points"][0]["error"] == "ValueError: evaluate() returned no 'accuracy' (keys: ['score'])"
+
+
+def test_sweep_table_has_a_row_per_point_and_the_errors_below(tmp_path):
+    grid = sweep_grid([1], [2, 4], num_layers=4)
+    sweep = run_sweep(grid, Evaluator(failing=[CompressionSpec(1, 4)]), tmp_path / "sweep.json", 4, [5, 5])
+    lines = format_sweep(sweep).splitlines()
+    assert lines[0] == "sweep: 3 points (2 evaluated now, 0 resumed, 1 failed)"
+    assert lines[1].split() == ["point", "K", "S", "kept", "CR", "accuracy", "score", "status"]
+    # stock: all 40 tokens; K=1,S=2: 28 of 40 (CR 40/28), accuracy 0.5 + 0.01 - 0.04; K=1,S=4: 1·10 + 3·4 = 22
+    assert [line.split() for line in lines[3:6]] == [
+        ["stock", "-", "-", "100.0%", "1.00", "90.0%", "3.00", "ok"],
+        ["K1_S2", "1", "2", "70.0%", "1.43", "47.0%", "3.00", "ok"],
+        ["K1_S4", "1", "4", "55.0%", "1.82", "-", "-", "failed"],
+    ]
+    assert lines[6:] == ["K1_S4 failed: RuntimeError: out of memory"]
+
+
+def test_attention_table_has_a_row_per_layer():
+    def layer(i):
+        return {"layer": i, "visual_mass": 0.1 * i, "visual_per_token": 0.1 * i / 50, "system_mass": 0.5,
+                "system_per_token": None if i else 0.05, "rest_mass": 0.5 - 0.1 * i, "rest_per_token": 0.1}
+
+    attention = {"samples": 3, "heads": 4, "tokens": {"visual": 50.0, "system": 10.0, "rest": 7.0},
+                 "layers": [layer(0), layer(1)]}
+    lines = format_attention(attention).splitlines()
+    assert lines[0] == ("attention of the answer position (last prompt token), mean over 3 samples and 4 heads; "
+                        "tokens: visual 50, system 10, rest 7")
+    assert lines[1].split() == ["layer", "visual", "system", "rest", "visual/token", "system/token"]
+    assert [line.split() for line in lines[3:]] == [["0", "0.000", "0.500", "0.500", "0.00e+00", "5.00e-02"],
+                                                   ["1", "0.100", "0.500", "0.400", "2.00e-03", "-"]]
 
 
 def test_sweep_refuses_a_file_made_with_other_settings(tmp_path):

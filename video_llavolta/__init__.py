@@ -7,6 +7,7 @@ Import what you need from the module that holds it (the package itself imports n
 - `processing`: frame preprocessing (images: `image_llavolta.processing`)
 - `models`: the model adapters (`video_llava`) and LanguageBind's video tower (`languagebind`)
 - `configs`: the fields the toolkit adds to Video-LLaVA configs, real and tiny configs, visual token counts
+- `families`: the Video-LLaVA model family and `FAMILIES`, every family of the toolkit (`family_for`)
 - `checkpoint`, `convert`: strict loading of HF-format directories; the original-layout converter
 - `inputs`: prompt + media → model inputs, batching
 

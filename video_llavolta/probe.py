@@ -40,11 +40,11 @@ from collections.abc import Sequence
 from image_llavolta.commands import command_main
 from image_llavolta.generation import add_model_arguments, load_for_generation
 from image_llavolta.jsonio import write_jsonl
-from image_llavolta.compression import CompressionSpec
+from image_llavolta.compression import CompressionSpec, placeholder_ids
 from image_llavolta.conversation import Template, resolve_template
 from image_llavolta.plots import save_plots
 from image_llavolta.probe import (
-    attention_profile, point_name, prompt_regions, read_json, run_sweep, sweep_grid, visual_token_ids,
+    attention_profile, format_attention, format_sweep, point_name, prompt_regions, read_json, run_sweep, sweep_grid,
     write_json,
 )
 
@@ -88,7 +88,7 @@ def probe_attention(model, tokenizer, records: Sequence[dict], video_root, frame
     """The attention profile over `records` (QA records); questions whose video fails to load are skipped."""
     template = resolve_template(model.config, template)
     samples, used, skipped = [], [], []
-    visual = visual_token_ids(model.config)
+    visual = placeholder_ids(model.config)
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None),
                0)
     for record in records:
@@ -173,46 +173,16 @@ def run_probe(
     return {"sweep": sweep, "attention": attention, "plots": written, "out": out_dir}
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def print_tables(result: dict, file=None) -> None:
     """The sweep (one row per point) and the attention profile (one row per layer) as text tables."""
     file = file or sys.stdout
-    sweep = result["sweep"]
-    c = sweep["counts"]
-    print(f"\nsweep: {len(sweep['points'])} points ({c['evaluated']} evaluated now, {c['resumed']} resumed, "
-          f"{c['failed']} failed)", file=file)
-    rows = [("point", "K", "S", "kept", "CR", "accuracy", "score", "status")]
-    for p in sweep["points"]:
-        score = (p.get("metrics") or {}).get("score")
-        rows.append((p["name"], "-" if p["stock"] else str(p["layer"]), "-" if p["stock"] else str(p["stride"]),
-                     _pct(p["share_kept"]), f"{p['compression_ratio']:.2f}", _pct(p["accuracy"]),
-                     "-" if score is None else f"{score:.2f}",
-                     p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}"))
-    _print(rows, file)
-    attention = result.get("attention")
-    if attention:
-        print(f"\nattention of the answer position (last prompt token), mean over {attention['samples']} samples "
-              f"and {attention['heads']} heads; tokens: visual {attention['tokens']['visual']:.0f}, system "
-              f"{attention['tokens']['system']:.0f}", file=file)
-        rows = [("layer", "visual", "system", "bos", "rest", "visual/token", "system/token")]
-        for r in attention["layers"]:
-            rows.append((str(r["layer"]), *(f"{r[f'{n}_mass']:.3f}" for n in ("visual", "system", "bos", "rest")),
-                         *("-" if r[f"{n}_per_token"] is None else f"{r[f'{n}_per_token']:.2e}"
-                           for n in ("visual", "system"))))
-        _print(rows, file)
+    print("\n" + format_sweep(result["sweep"]), file=file)
+    if result.get("attention"):
+        print("\n" + format_attention(result["attention"]), file=file)
     for name, path in (result.get("plots") or {}).items():
         if path:
             print(f"{name} plot: {path}", file=file)
     print(f"results: {result['out']}", file=file)
-
-
-def _print(rows, file) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1], file=file)
 
 
 def int_list(text: str) -> list[int]:
