@@ -23,8 +23,13 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
 def run_extract_frames(args: argparse.Namespace) -> int:
     """Run extract-frames; non-zero when a video failed, unless --allow-failures."""
     result = extract.extract_frames(
-        args.source, args.out, num_frames=args.num_frames, fmt=args.format, quality=args.quality,
-        workers=args.workers, overwrite=args.overwrite,
+        args.source,
+        args.out,
+        num_frames=args.num_frames,
+        fmt=args.format,
+        quality=args.quality,
+        workers=args.workers,
+        overwrite=args.overwrite,
     )
     print_table("extract-frames", result.summary_rows())
     for failure in result.failed[:10]:
@@ -44,7 +49,10 @@ def run_convert_qa(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     """Run validate; non-zero when a record is bad, unless --allow-bad."""
     result = validate.validate_file(
-        args.data, image_root=args.image_root, video_root=args.video_root, frames_root=args.frames_root,
+        args.data,
+        image_root=args.image_root,
+        video_root=args.video_root,
+        frames_root=args.frames_root,
         bad_out=args.bad_out,
     )
     rows = result.summary_rows() + ([("bad records", args.bad_out)] if args.bad_out else [])
@@ -57,8 +65,13 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_make_synthetic(args: argparse.Namespace) -> int:
     """Run make-synthetic; non-zero when a video could not be written."""
     result = synthetic.make_synthetic(
-        args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed, workers=args.workers,
-        codec=args.codec, overwrite=args.overwrite,
+        args.out,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.seed,
+        workers=args.workers,
+        codec=args.codec,
+        overwrite=args.overwrite,
     )
     print_table(f"make-synthetic {args.out}", result.summary_rows())
     return 1 if result.failed else 0
@@ -78,8 +91,12 @@ def add_extract_frames_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_convert_qa_arguments(p: argparse.ArgumentParser) -> None:
     """convert-qa's options."""
-    p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
-                   help="a video QA spec: a shipped one's name (msvd, msrvtt, activitynet) or a spec YAML's path")
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        metavar="NAME|SPEC",
+        help="a video QA spec: a shipped one's name (msvd, msrvtt, activitynet) or a spec YAML's path",
+    )
     p.add_argument("--qa-dir", required=True, help="folder with the spec's question and answer files")
     p.add_argument("--video-root", required=True, help="folder with the benchmark's videos")
     p.add_argument("--out", required=True, help="output folder: <name>_qa.jsonl and <name>_qa_report.json")
@@ -103,18 +120,38 @@ def add_make_synthetic_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-test", type=int, default=200, help="test videos (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--codec", choices=sorted(synthetic.CODECS), default="mpeg4",
-                   help="video codec (default: mpeg4, the faster one)")
+    p.add_argument(
+        "--codec",
+        choices=sorted(synthetic.CODECS),
+        default="mpeg4",
+        help="video codec (default: mpeg4, the faster one)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace videos made with other settings")
 
 
-EXTRACT_FRAMES = Job(extract.__doc__, add_extract_frames_arguments, run_extract_frames,
-                     "sample T frames of every video into frame directories")
-CONVERT_QA = Job(qa.__doc__, add_convert_qa_arguments, run_convert_qa,
-                 "MSVD/MSRVTT/ActivityNet-QA to the unified QA JSONL")
+EXTRACT_FRAMES = Job(
+    extract.__doc__,
+    add_extract_frames_arguments,
+    run_extract_frames,
+    "sample T frames of every video into frame directories",
+)
+CONVERT_QA = Job(
+    qa.__doc__, add_convert_qa_arguments, run_convert_qa, "MSVD/MSRVTT/ActivityNet-QA to the unified QA JSONL"
+)
 VALIDATE = Job(validate.__doc__, add_validate_arguments, run_validate, "check LLaVA / Video-LLaVA instruction JSON")
-MAKE_SYNTHETIC = Job(synthetic.__doc__, add_make_synthetic_arguments, run_make_synthetic,
-                     "generate the synthetic moving-shapes video QA data set")
-JOBS = Jobs(data_prep.__doc__, {"extract-frames": EXTRACT_FRAMES, "convert-qa": CONVERT_QA, "validate": VALIDATE,
-                                "make-synthetic": MAKE_SYNTHETIC})
+MAKE_SYNTHETIC = Job(
+    synthetic.__doc__,
+    add_make_synthetic_arguments,
+    run_make_synthetic,
+    "generate the synthetic moving-shapes video QA data set",
+)
+JOBS = Jobs(
+    data_prep.__doc__,
+    {
+        "extract-frames": EXTRACT_FRAMES,
+        "convert-qa": CONVERT_QA,
+        "validate": VALIDATE,
+        "make-synthetic": MAKE_SYNTHETIC,
+    },
+)
 main = main_for(JOBS, "python -m data_prep")

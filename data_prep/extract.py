@@ -32,10 +32,9 @@ from functools import partial
 
 from tqdm import tqdm
 
+from image_llavolta.jsonio import write_jsonl
 from video_llavolta.frames import VIDEO_EXTENSIONS, ShortVideoWarning, VideoError, read_frames, write_frame_dir
 from video_llavolta.frames import frame_dir_name as video_id  # one naming rule for writers and readers
-
-from image_llavolta.jsonio import write_jsonl
 
 from .io import map_unordered
 

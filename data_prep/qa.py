@@ -93,8 +93,9 @@ def _check_entry(entry, fields: dict[str, tuple[type, ...]], optional: dict[str,
     return None
 
 
-def _unique_by_id(entries: list, id_field: str, fields: dict, optional: dict, kind: str,
-                  problems: dict) -> tuple[dict[str, dict], set[str]]:
+def _unique_by_id(
+    entries: list, id_field: str, fields: dict, optional: dict, kind: str, problems: dict
+) -> tuple[dict[str, dict], set[str]]:
     """Well-formed entries keyed by str(id), and all ids seen; malformed/duplicate ones reported."""
     groups: dict[str, list[dict]] = {}
     for index, entry in enumerate(entries):
@@ -141,8 +142,14 @@ def join_qa(questions: list, answers: list, videos: dict[str, list[str]], spec: 
     q_unique, q_ids = _unique_by_id(
         questions, qid, {video: (str,), qid: ID_TYPES, spec.question_field: (str,)}, {}, "questions", problems
     )
-    a_unique, a_ids = _unique_by_id(answers, qid, {qid: ID_TYPES, spec.answer_field: (str,)},
-                                    {spec.type_field: ID_TYPES} if spec.type_field else {}, "answers", problems)
+    a_unique, a_ids = _unique_by_id(
+        answers,
+        qid,
+        {qid: ID_TYPES, spec.answer_field: (str,)},
+        {spec.type_field: ID_TYPES} if spec.type_field else {},
+        "answers",
+        problems,
+    )
 
     for key in sorted(a_ids - q_ids, key=_natural):
         problems["answers_without_question"].append(_first_id(answers, qid, key))
@@ -160,10 +167,15 @@ def join_qa(questions: list, answers: list, videos: dict[str, list[str]], spec: 
             continue
         if len(candidates) > 1:
             problems["ambiguous_videos"].append(
-                {"question_id": q[qid], "candidates": candidates, "used": candidates[0]})
+                {"question_id": q[qid], "candidates": candidates, "used": candidates[0]}
+            )
         answer = a_unique[key]
-        record = {"question_id": q[qid], "video": candidates[0], "question": q[spec.question_field],
-                  "answer": answer[spec.answer_field]}
+        record = {
+            "question_id": q[qid],
+            "video": candidates[0],
+            "question": q[spec.question_field],
+            "answer": answer[spec.answer_field],
+        }
         if spec.type_field and spec.type_field in answer:
             record["type"] = spec.type_name(answer[spec.type_field])
         result.records.append(record)
@@ -201,8 +213,16 @@ def convert_qa(
     out_path = os.path.join(out_dir, f"{spec.name}_qa.jsonl")
     report_path = os.path.join(out_dir, f"{spec.name}_qa_report.json")
     write_jsonl(out_path, result.records)
-    write_json(report_path, result.report(
-        benchmark=spec.name, split=spec.split, spec=spec.to_dict(), questions_file=q_path, answers_file=a_path,
-        video_root=video_root, output=out_path,
-    ))
+    write_json(
+        report_path,
+        result.report(
+            benchmark=spec.name,
+            split=spec.split,
+            spec=spec.to_dict(),
+            questions_file=q_path,
+            answers_file=a_path,
+            video_root=video_root,
+            output=out_path,
+        ),
+    )
     return result, out_path, report_path

@@ -203,8 +203,11 @@ def all_questions(meta: dict) -> dict[str, list[dict]]:
     return {
         "count": [question("count", QUESTION_TYPES["count"], NUMBER_WORDS[meta["count"]])],
         # "the circle" must name exactly one object
-        "colour": [question("colour", f"What colour is the {o['shape']}?", o["colour"])
-                   for o in objects if shape_counts[o["shape"]] == 1],
+        "colour": [
+            question("colour", f"What colour is the {o['shape']}?", o["colour"])
+            for o in objects
+            if shape_counts[o["shape"]] == 1
+        ],
         # colours are unique within a video
         "shape": [question("shape", f"What shape is the {o['colour']} object?", o["shape"]) for o in objects],
         "direction": [question("direction", f"Which way is the {name(o)} moving?", o["direction"]) for o in objects],
@@ -217,7 +220,8 @@ def make_questions(meta: dict, seed: int) -> list[dict]:
     rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 1])
     everything = all_questions(meta)
     questions = everything["count"] + [
-        everything[t][rng.integers(len(everything[t]))] for t in ("colour", "shape", "direction") if everything[t]]
+        everything[t][rng.integers(len(everything[t]))] for t in ("colour", "shape", "direction") if everything[t]
+    ]
     order = rng.permutation(len(questions))
     return [questions[i] for i in order]
 
@@ -392,8 +396,13 @@ def make_synthetic(
 
     train_samples = [s for m in train for s in _train_samples(m, seed)]
     test_qa = [
-        {"question_id": f"{m['video_id']}_{q['type']}", "video": m["video"],
-         "question": q["question"], "answer": q["answer"], "type": q["type"]}
+        {
+            "question_id": f"{m['video_id']}_{q['type']}",
+            "video": m["video"],
+            "question": q["question"],
+            "answer": q["answer"],
+            "type": q["type"],
+        }
         for m in test
         for q in sorted(make_questions(m, seed), key=lambda q: list(QUESTION_TYPES).index(q["type"]))
     ]
@@ -435,7 +444,7 @@ def _prepare_videos_dir(videos_dir: str, params: dict, overwrite: bool) -> None:
 
 
 def _train_samples(meta: dict, seed: int) -> list[dict]:
-    """The video's Video-LLaVA instruction samples: an overview, then colour and shape conversations (module docstring)."""
+    """The video's Video-LLaVA instruction samples: an overview, then colour and shape conversations."""
     rng = np.random.default_rng([seed, SPLITS[meta["split"]], meta["index"], 2])
     everything = all_questions(meta)
     # One object's colour and shape are in its description, and there is no object to pick.
@@ -455,8 +464,10 @@ def _train_samples(meta: dict, seed: int) -> list[dict]:
     for name, turns in conversations.items():
         conversation = []
         for k, turn in enumerate(turns):
-            conversation += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + turn["question"]},
-                             {"from": "gpt", "value": turn["answer"]}]
+            conversation += [
+                {"from": "human", "value": ("<video>\n" if k == 0 else "") + turn["question"]},
+                {"from": "gpt", "value": turn["answer"]},
+            ]
         samples.append({"id": f"{meta['video_id']}_{name}", "video": meta["video"], "conversations": conversation})
     return samples
 

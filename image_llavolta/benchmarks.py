@@ -28,6 +28,7 @@ shipped spec in configs/benchmarks/ (`gqa` -> configs/benchmarks/gqa.yaml).
 Prompt (the user turn of the spec's template): "<image>\\n" + [hint_prefix + hint + "\\n"] + question +
 ["\\nA. option\\nB. option ..."] + "\\n" + prompt_suffix, as LLaVA-1.5's evaluation builds it.
 """
+
 from __future__ import annotations
 
 import glob
@@ -49,8 +50,11 @@ METRICS_BY_TYPE = {
     "yes_no": ("accuracy", "pope", "mme"),
     "multiple_choice": ("accuracy",),
 }
-DEFAULT_SUFFIX = {"short_answer": SHORT_ANSWER_SUFFIX, "yes_no": SHORT_ANSWER_SUFFIX,
-                  "multiple_choice": MULTIPLE_CHOICE_SUFFIX}
+DEFAULT_SUFFIX = {
+    "short_answer": SHORT_ANSWER_SUFFIX,
+    "yes_no": SHORT_ANSWER_SUFFIX,
+    "multiple_choice": MULTIPLE_CHOICE_SUFFIX,
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,10 @@ class BenchmarkSpec:
         if self.answer_type not in ANSWER_TYPES:
             raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {self.answer_type!r}")
         if self.metric not in METRICS_BY_TYPE[self.answer_type]:
-            raise ValueError(f"metric {self.metric!r} does not fit answer_type {self.answer_type!r}; "
-                             f"use one of {METRICS_BY_TYPE[self.answer_type]}")
+            raise ValueError(
+                f"metric {self.metric!r} does not fit answer_type {self.answer_type!r}; "
+                f"use one of {METRICS_BY_TYPE[self.answer_type]}"
+            )
         if self.answer_field not in ("answer", "answers"):
             raise ValueError(f"answer_field must be 'answer' or 'answers', got {self.answer_field!r}")
         if self.answer_field == "answers" and self.answer_type != "short_answer":
@@ -146,8 +152,10 @@ def find_spec(name_or_path: str | os.PathLike, kind: str, folder: str | os.PathL
         return name_or_path
     known = spec_files(kind, folder)
     if name_or_path not in known:
-        raise ValueError(f"no {kind} benchmark named {name_or_path!r} in {os.fspath(folder)}; known: "
-                         f"{', '.join(sorted(known)) or 'none'} (or give the path of a spec file)")
+        raise ValueError(
+            f"no {kind} benchmark named {name_or_path!r} in {os.fspath(folder)}; known: "
+            f"{', '.join(sorted(known)) or 'none'} (or give the path of a spec file)"
+        )
     return known[name_or_path]
 
 
@@ -199,8 +207,11 @@ def _check(record, spec: BenchmarkSpec) -> str | None:
         return f"'answer' must be yes or no, got {answer!r}"
     if spec.answer_type == "multiple_choice":
         options = record.get("options")
-        if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS) or \
-                not all(isinstance(o, str) and o.strip() for o in options):
+        if (
+            not isinstance(options, list)
+            or not 2 <= len(options) <= len(LETTERS)
+            or not all(isinstance(o, str) and o.strip() for o in options)
+        ):
             return f"'options' must be a list of 2 to {len(LETTERS)} non-empty strings, got {options!r}"
         valid = LETTERS[: len(options)]
         if answer not in valid:
@@ -234,8 +245,11 @@ def read_questions(path: str | os.PathLike, spec: BenchmarkSpec, limit: int | No
                 raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
             if problem := _check(record, spec):
                 qid = record.get("question_id") if isinstance(record, dict) else None
-                raise ValueError(f"{path}:{number}: " + (f"question {qid!r}: " if qid is not None else "") +
-                                 f"{problem} (benchmark {spec.name}, {spec.answer_type})")
+                raise ValueError(
+                    f"{path}:{number}: "
+                    + (f"question {qid!r}: " if qid is not None else "")
+                    + f"{problem} (benchmark {spec.name}, {spec.answer_type})"
+                )
             key = str(record["question_id"])
             if key in seen:
                 raise ValueError(f"{path}:{number}: question id {record['question_id']!r} already on line {seen[key]}")

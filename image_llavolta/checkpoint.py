@@ -1,4 +1,5 @@
 """Loading checkpoints from local paths, strictly, with their compression setting: the shared loader and LLaVA's."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -72,20 +73,25 @@ def load_model(cls, path, config: PretrainedConfig, allow: Callable[[str], bool]
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched))
     if problems:
-        raise CheckpointMismatchError(f"{path}: weights do not match the {cls.__name__} config:\n  " + "\n  ".join(problems))
+        raise CheckpointMismatchError(
+            f"{path}: weights do not match the {cls.__name__} config:\n  " + "\n  ".join(problems)
+        )
     return model, missing, unexpected
 
 
-def load_pretrained(path: str | os.PathLike, compression: SpecArgument = FROM_CONFIG,
-                    **kwargs) -> LlavoltaForConditionalGeneration:
+def load_pretrained(
+    path: str | os.PathLike, compression: SpecArgument = FROM_CONFIG, **kwargs
+) -> LlavoltaForConditionalGeneration:
     """Load a Hugging Face-format LLaVA directory; compression comes from its config unless given.
 
     Both the current layout and the one older transformers saved (`llava-1.5-7b-hf`) load.
     """
     config = read_config(path)
     if config.model_type != "llava":
-        raise ValueError(f"{path}: model_type {config.model_type!r} is not 'llava' (Video-LLaVA checkpoints load "
-                         "with video_llavolta.checkpoint.load_pretrained)")
+        raise ValueError(
+            f"{path}: model_type {config.model_type!r} is not 'llava' (Video-LLaVA checkpoints load "
+            "with video_llavolta.checkpoint.load_pretrained)"
+        )
     if check_spec_argument(compression) is FROM_CONFIG:
         compression = stored_compression(path, config)
     model, _, _ = load_model(LlavoltaForConditionalGeneration, path, config, **kwargs)

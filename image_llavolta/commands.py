@@ -15,6 +15,7 @@ Bad input is one line on stderr, `<prog>: error: <what, naming the file, sample 
 without a traceback: an unknown or missing option, or an OSError / ValueError the job raises (a missing file, a
 malformed config). Set LLAVOLTA_TRACEBACK=1 to see the traceback of such an error instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,8 +135,11 @@ def main_for(command: Command, prog: str) -> Callable[[Sequence[str] | None], in
     return main
 
 
-def command_main(add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int],
-                 prog: str, description: str | None) -> Callable[[Sequence[str] | None], int]:
+def command_main(
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    prog: str,
+    description: str | None,
+) -> Callable[[Sequence[str] | None], int]:
     """The `main(argv=None) -> int` of a one-job `python -m` form."""
     return main_for(Job(description or "", add_arguments, run), prog)
-

@@ -11,6 +11,7 @@ tokens for it (e.g. 576 for LLaVA-1.5, 8·257 for a Video-LLaVA video), so the i
 Text between placeholders is tokenized chunk by chunk with one BOS in front, as LLaVA's `tokenizer_image_token`
 does, so prompts match the original training data token for token.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,7 @@ class Template:
 
     def to_dict(self) -> dict:
         """The template's fields, for settings files."""
-        return {"name": self.name, "system": self.system, "roles": list(self.roles), "sep": self.sep,
-                "sep2": self.sep2}
+        return {"name": self.name, "system": self.system, "roles": list(self.roles), "sep": self.sep, "sep2": self.sep2}
 
 
 VICUNA_V1 = Template(

@@ -19,6 +19,7 @@ silently reweights the data. `TrainCollator` drops failures and hands them to th
 must run the same encoder sub-modules in a step, or the parameter all-gathers deadlock) and of similar lengths
 (less padding).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,14 +65,19 @@ def record_error(record, tags: dict[str, str]) -> str | None:
     if problem:
         return problem
     if unloaded := [kind for kind in MEDIA_FIELDS if kind in record and kind not in tags]:
-        return (f"a {unloaded[0]!r} record, but this data set loads only {' and '.join(tags)} and text records "
-                f"(train videos with video_llavolta.train)")
+        return (
+            f"a {unloaded[0]!r} record, but this data set loads only {' and '.join(tags)} and text records "
+            f"(train videos with video_llavolta.train)"
+        )
     turns = record["conversations"]
     for kind, tag in tags.items():
         value = record.get(kind, [])
         paths = [value] if isinstance(value, str) else value
-        if not isinstance(paths, list) or (kind in record and not paths) or not all(
-                isinstance(p, str) and p.strip() for p in paths):
+        if (
+            not isinstance(paths, list)
+            or (kind in record and not paths)
+            or not all(isinstance(p, str) and p.strip() for p in paths)
+        ):
             return f"{kind!r} must be a non-empty path or list of paths, got {value!r}"
         in_human = sum(turn["value"].count(tag) for turn in turns[::2])
         if in_human != len(paths):
@@ -156,8 +162,9 @@ class InstructionDataset(Dataset):
 
     def _encode(self, index: int) -> tuple[list[int], list[int]]:
         record = self.records[index]
-        return encode_conversation(self.tokenizer, record["conversations"], self.placeholders, self.template,
-                                   sample_id=str(record["id"]))
+        return encode_conversation(
+            self.tokenizer, record["conversations"], self.placeholders, self.template, sample_id=str(record["id"])
+        )
 
     def image_source(self, image: str) -> str:
         """Where an image is read from."""
@@ -182,11 +189,15 @@ class InstructionDataset(Dataset):
         sample_id = str(record["id"])
         input_ids, labels = self._encode(index)
         if len(input_ids) > self.max_length:  # checked before any media is loaded; never truncated
-            return SampleFailure(sample_id, self.files[self.sources[index]],
-                                 f"{len(input_ids)} tokens > max_length {self.max_length}")
-        sample = {"id": sample_id, "modality": self.modality(index),
-                  "input_ids": torch.tensor(input_ids, dtype=torch.long),
-                  "labels": torch.tensor(labels, dtype=torch.long)}
+            return SampleFailure(
+                sample_id, self.files[self.sources[index]], f"{len(input_ids)} tokens > max_length {self.max_length}"
+            )
+        sample = {
+            "id": sample_id,
+            "modality": self.modality(index),
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
         flip = self._flip(index)
         for kind, (_, key) in self.MEDIA.items():
             pixels = []
@@ -219,8 +230,9 @@ class TrainCollator:
             return {"failures": failures, "labels": torch.empty(0, 0, dtype=torch.long)}
         batch = collate(good, self.pad_token_id, self.padding_side)
         # Labels pad exactly like ids, with IGNORE_INDEX as the pad value.
-        batch["labels"] = collate([{"input_ids": s["labels"]} for s in good], IGNORE_INDEX,
-                                  self.padding_side)["input_ids"]
+        batch["labels"] = collate([{"input_ids": s["labels"]} for s in good], IGNORE_INDEX, self.padding_side)[
+            "input_ids"
+        ]
         batch["failures"] = failures
         return batch
 
@@ -236,8 +248,15 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     not by cutting the flat index stream: after a short batch the stream no longer falls on batch boundaries.
     """
 
-    def __init__(self, lengths: Sequence[int], modalities: Sequence[str], global_batch_size: int, seed: int = 0,
-                 epoch: int = 0, megabatch: int = 50):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        modalities: Sequence[str],
+        global_batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        megabatch: int = 50,
+    ):
         if len(lengths) != len(modalities):
             raise ValueError(f"{len(lengths)} lengths but {len(modalities)} modalities")
         if global_batch_size < 1 or megabatch < 1:
@@ -269,8 +288,9 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        spread = [b if len(b) >= world_size else [b[i % len(b)] for i in range(world_size)]
-                  for b in self.global_batches()]
+        spread = [
+            b if len(b) >= world_size else [b[i % len(b)] for i in range(world_size)] for b in self.global_batches()
+        ]
         return [b[rank::world_size] for b in spread]
 
     def __iter__(self):

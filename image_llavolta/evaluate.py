@@ -23,6 +23,7 @@ Files in `--out`, named after the benchmark (`gqa` here):
 Every question of the question file (or of its first `--limit`) counts: a missing, failed or unparsed answer
 scores 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,18 +43,18 @@ from .configs import placeholder_tokens
 from .conversation import Template, resolve_template, tokenize_prompt
 from .generation import (
     add_model_arguments,
-    load_for_generation,
     answer_questions,
     error_reason,
     generate_answers,
     generation_config,
-    run_settings,
+    load_for_generation,
     merge_shards,
     resolve_compression,
+    run_settings,
     shard_path,
 )
-from .jsonio import read_failures, read_jsonl, read_settings, write_json, write_jsonl
 from .inputs import load_image
+from .jsonio import read_failures, read_jsonl, read_settings, write_json, write_jsonl
 from .processing import preprocessing_mode
 from .scoring import exact_match, extract_choice, normalize_vqa_answer, parse_yes_no, summarize, vqa_accuracy
 from .tables import format_table
@@ -66,13 +67,16 @@ COUNT_KEYS = ("questions", "answered", "unparsed", "missing")
 def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, str]:
     """The files of one benchmark's evaluation in `out_dir`."""
     out_dir = os.fspath(out_dir)
-    return {"predictions": os.path.join(out_dir, f"{name}.predictions.jsonl"),
-            "scores": os.path.join(out_dir, f"{name}.scores.jsonl"),
-            "results": os.path.join(out_dir, f"{name}.results.json")}
+    return {
+        "predictions": os.path.join(out_dir, f"{name}.predictions.jsonl"),
+        "scores": os.path.join(out_dir, f"{name}.scores.jsonl"),
+        "results": os.path.join(out_dir, f"{name}.results.json"),
+    }
 
 
-def encode_question(tokenizer, config, spec: BenchmarkSpec, record: dict, image_root: str | os.PathLike,
-                    template: Template) -> dict:
+def encode_question(
+    tokenizer, config, spec: BenchmarkSpec, record: dict, image_root: str | os.PathLike, template: Template
+) -> dict:
     """One model sample: the rendered prompt's ids with the image placeholder expanded, and the image's pixels."""
     prompt = template.render([build_prompt(spec, record)])
     pixels = load_image(os.path.join(image_root, record["image"]), config, pad_to_square=True)
@@ -85,13 +89,34 @@ def _carried(spec: BenchmarkSpec, record: dict) -> dict:
     return {k: record[k] for k in dict.fromkeys(keys) if k in record}
 
 
-def _settings(model, tokenizer, spec: BenchmarkSpec, compression_arg, compression, template, generation, rank: int,
-              world_size: int) -> dict:
+def _settings(
+    model,
+    tokenizer,
+    spec: BenchmarkSpec,
+    compression_arg,
+    compression,
+    template,
+    generation,
+    rank: int,
+    world_size: int,
+) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
-    return run_settings(model, tokenizer, compression_arg, compression, template, generation, rank,
-                        world_size, benchmark={k: v for k, v in spec.to_dict().items() if k != "description"},
-                        image_processing={"size": model.config.vision_config.image_size, "pad_to_square": True,
-                                          "mode": preprocessing_mode(model.config)})
+    return run_settings(
+        model,
+        tokenizer,
+        compression_arg,
+        compression,
+        template,
+        generation,
+        rank,
+        world_size,
+        benchmark={k: v for k, v in spec.to_dict().items() if k != "description"},
+        image_processing={
+            "size": model.config.vision_config.image_size,
+            "pad_to_square": True,
+            "mode": preprocessing_mode(model.config),
+        },
+    )
 
 
 def run_benchmark(
@@ -122,20 +147,35 @@ def run_benchmark(
     spec_used = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens or spec.max_new_tokens)
     settings = _settings(model, tokenizer, spec, compression, spec_used, template, generation, rank, world_size)
-    run = {"data": os.path.abspath(data_path), "image_root": os.path.abspath(image_root), "limit": limit,
-           "batch_size": batch_size, "device": str(model.device), "dtype": str(model.dtype),
-           "torch": torch.__version__, "transformers": transformers.__version__}
+    run = {
+        "data": os.path.abspath(data_path),
+        "image_root": os.path.abspath(image_root),
+        "limit": limit,
+        "batch_size": batch_size,
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
     def failure(record: dict, err: BaseException) -> dict:
-        return {**_carried(spec, record), "path": os.path.join(image_root, record["image"]),
-                "reason": error_reason(err)}
+        return {
+            **_carried(spec, record),
+            "path": os.path.join(image_root, record["image"]),
+            "reason": error_reason(err),
+        }
 
     model.eval()
     summary = answer_questions(
-        questions[rank::world_size], shard_path(paths["predictions"], rank, world_size), settings, run,
+        questions[rank::world_size],
+        shard_path(paths["predictions"], rank, world_size),
+        settings,
+        run,
         lambda record: encode_question(tokenizer, model.config, spec, record, image_root, template),
         lambda samples: generate_answers(model, tokenizer, samples, generation, spec_used),
-        lambda record, pred: {**_carried(spec, record), "pred": pred}, failure, batch_size,
+        lambda record, pred: {**_carried(spec, record), "pred": pred},
+        failure,
+        batch_size,
         desc=f"{spec.name} rank {rank}" if world_size > 1 else spec.name,
     )
     if world_size == 1:
@@ -143,14 +183,25 @@ def run_benchmark(
     return summary
 
 
-def merge_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    world_size: int, limit: int | None = None) -> dict:
+def merge_benchmark(
+    spec: BenchmarkSpec,
+    data_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    world_size: int,
+    limit: int | None = None,
+) -> dict:
     """Merge the rank shards of a benchmark's predictions (every question id once), then score them."""
     questions = read_questions(data_path, spec, limit)
     out = output_paths(out_dir, spec.name)["predictions"]
     shards = [shard_path(out, r, world_size) for r in range(world_size)]
-    summary = merge_shards(shards, questions, out, lambda record, pred: {**_carried(spec, record), "pred": pred},
-                           spec.reference_fields, data_path)
+    summary = merge_shards(
+        shards,
+        questions,
+        out,
+        lambda record, pred: {**_carried(spec, record), "pred": pred},
+        spec.reference_fields,
+        data_path,
+    )
     summary["results"] = score_benchmark(spec, data_path, out_dir, limit)
     return summary
 
@@ -163,8 +214,11 @@ def score_answer(spec: BenchmarkSpec, record: dict, pred: str) -> dict:
     """How one prediction scores: {"parsed", "score", "status", ["reason"]} (status "scored" or "unparsed")."""
     answer = record[spec.answer_field]
     if spec.answer_type == "short_answer":
-        score = vqa_accuracy(pred, answer) if spec.metric == "vqa_accuracy" else \
-            exact_match(pred, answer if isinstance(answer, str) else answer[0])
+        score = (
+            vqa_accuracy(pred, answer)
+            if spec.metric == "vqa_accuracy"
+            else exact_match(pred, answer if isinstance(answer, str) else answer[0])
+        )
         return {"parsed": normalize_vqa_answer(pred), "score": score, "status": "scored"}
     if spec.answer_type == "yes_no":
         parsed, reason = parse_yes_no(pred)
@@ -177,8 +231,9 @@ def score_answer(spec: BenchmarkSpec, record: dict, pred: str) -> dict:
     return {"parsed": parsed, "score": float(parsed == truth), "status": "scored"}
 
 
-def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    limit: int | None = None) -> dict:
+def score_benchmark(
+    spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: str | os.PathLike, limit: int | None = None
+) -> dict:
     """Score a benchmark's predictions file against its question file; writes the scores JSONL and results JSON."""
     questions = read_questions(data_path, spec, limit)
     paths = output_paths(out_dir, spec.name)
@@ -187,14 +242,18 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
     for number, p in enumerate(read_jsonl(paths["predictions"]), 1):
         key = str(p.get("question_id"))
         if key not in by_id:
-            raise ValueError(f"{paths['predictions']}:{number}: question id {p.get('question_id')!r} is not in "
-                             f"{data_path}" + (f" (first {limit})" if limit else "") + ": another question file?")
+            raise ValueError(
+                f"{paths['predictions']}:{number}: question id {p.get('question_id')!r} is not in "
+                f"{data_path}" + (f" (first {limit})" if limit else "") + ": another question file?"
+            )
         if not isinstance(p.get("pred"), str):
             raise ValueError(f"{paths['predictions']}:{number}: 'pred' must be a string, got {p.get('pred')!r}")
         ref = by_id[key]
         if any(k in p and p[k] != ref.get(k) for k in spec.reference_fields):
-            raise ValueError(f"{paths['predictions']}:{number}: question {p['question_id']!r} has another question "
-                             f"or reference than {data_path}: predictions of another question file?")
+            raise ValueError(
+                f"{paths['predictions']}:{number}: question {p['question_id']!r} has another question "
+                f"or reference than {data_path}: predictions of another question file?"
+            )
         if key in preds:
             raise ValueError(f"{paths['predictions']}:{number}: question id {p['question_id']!r} predicted twice")
         preds[key] = p["pred"]
@@ -217,8 +276,9 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
 
     metrics = summarize(spec.metric, rows, by_category=spec.category_field is not None)
     counts = _counts(rows)
-    by_category = {c: {**m, **_counts([r for r in rows if r["category"] == c])}
-                   for c, m in metrics["by_category"].items()}
+    by_category = {
+        c: {**m, **_counts([r for r in rows if r["category"] == c])} for c, m in metrics["by_category"].items()
+    }
     settings = read_settings(paths["predictions"])
     results = {
         "benchmark": spec.name,
@@ -234,8 +294,11 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
         "by_category": by_category,
         "settings": settings,
         "note": "every question counts: missing, failed and unparsed answers score 0",
-        "unparsed": [{"question_id": r["question_id"], "pred": r["pred"], "reason": r["reason"]}
-                     for r in rows if r["status"] == "unparsed"],
+        "unparsed": [
+            {"question_id": r["question_id"], "pred": r["pred"], "reason": r["reason"]}
+            for r in rows
+            if r["status"] == "unparsed"
+        ],
         "missing": [{"question_id": r["question_id"], "reason": r["reason"]} for r in rows if r["status"] == "missing"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -246,9 +309,12 @@ def score_benchmark(spec: BenchmarkSpec, data_path: str | os.PathLike, out_dir: 
 
 def _counts(rows: Sequence[dict]) -> dict:
     """Questions, answered (not missing), unparsed and missing rows."""
-    return {"questions": len(rows), "answered": sum(r["status"] != "missing" for r in rows),
-            "unparsed": sum(r["status"] == "unparsed" for r in rows),
-            "missing": sum(r["status"] == "missing" for r in rows)}
+    return {
+        "questions": len(rows),
+        "answered": sum(r["status"] != "missing" for r in rows),
+        "unparsed": sum(r["status"] == "unparsed" for r in rows),
+        "missing": sum(r["status"] == "missing" for r in rows),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,8 +337,10 @@ def format_results(results: dict) -> str:
     settings = results.get("settings") or {}
     stored = settings.get("compression")
     compression = spec_label(None if stored is None else CompressionSpec.from_dict(stored)) if settings else "?"
-    title = (f"{results['benchmark']} ({results['metric']})  model: {settings.get('model') or '?'}  "
-             f"compression: {compression}")
+    title = (
+        f"{results['benchmark']} ({results['metric']})  model: {settings.get('model') or '?'}  "
+        f"compression: {compression}"
+    )
     metric_keys = list(results["overall"])
 
     def row(label: str, counts: dict, metrics: dict) -> list:
@@ -295,8 +363,12 @@ def format_results(results: dict) -> str:
 
 def add_score_arguments(p: argparse.ArgumentParser) -> None:
     """The options every job takes, which are all that scoring needs."""
-    p.add_argument("--benchmark", required=True, metavar="NAME|SPEC",
-                   help="benchmark spec: a shipped one's name (gqa, pope, ...) or a spec YAML's path")
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        metavar="NAME|SPEC",
+        help="benchmark spec: a shipped one's name (gqa, pope, ...) or a spec YAML's path",
+    )
     p.add_argument("--data", required=True, help="the benchmark's question JSONL")
     p.add_argument("--out", required=True, help="output folder (files are named after the benchmark)")
     p.add_argument("--limit", type=int, help="only the first N questions of the question file")
@@ -319,17 +391,34 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_pretrained
 
     model, tokenizer = load_for_generation(args, load_pretrained)
-    summary = run_benchmark(model, tokenizer, spec, args.data, args.image_root, args.out, args.batch_size,
-                            args.max_new_tokens, args.compression, args.limit, rank, world_size, args.template)
+    summary = run_benchmark(
+        model,
+        tokenizer,
+        spec,
+        args.data,
+        args.image_root,
+        args.out,
+        args.batch_size,
+        args.max_new_tokens,
+        args.compression,
+        args.limit,
+        rank,
+        world_size,
+        args.template,
+    )
     if "results" in summary:
         _print_results(summary["results"], args.out, spec)
     else:
-        print(f"rank {rank} of {world_size}: {summary['predicted']} predicted, {summary['failed']} failed "
-              f"-> {summary['predictions']}")
+        print(
+            f"rank {rank} of {world_size}: {summary['predicted']} predicted, {summary['failed']} failed "
+            f"-> {summary['predictions']}"
+        )
         if rank == 0:
-            print(f"when every rank has finished: python -m image_llavolta.evaluate merge --benchmark "
-                  f"{args.benchmark} --data {args.data} --out {args.out} --world-size {world_size}"
-                  + (f" --limit {args.limit}" if args.limit else ""))
+            print(
+                f"when every rank has finished: python -m image_llavolta.evaluate merge --benchmark "
+                f"{args.benchmark} --data {args.data} --out {args.out} --world-size {world_size}"
+                + (f" --limit {args.limit}" if args.limit else "")
+            )
     return 0
 
 
@@ -358,13 +447,19 @@ def _print_results(results: dict, out: str, spec: BenchmarkSpec) -> None:
     print(f"\nresults: {output_paths(out, spec.name)['results']}")
 
 
-JOBS = Jobs(__doc__, {
-    "run": Job(__doc__, add_arguments, run, "answer a benchmark's questions, then score them (one process)"),
-    "merge": Job("Merge the rank shards of a benchmark's predictions, then score them.", add_merge_arguments,
-                 run_merge),
-    "score": Job("Score <out>/<benchmark>.predictions.jsonl against the question file.", add_score_arguments,
-                 run_score),
-}, default="run")
+JOBS = Jobs(
+    __doc__,
+    {
+        "run": Job(__doc__, add_arguments, run, "answer a benchmark's questions, then score them (one process)"),
+        "merge": Job(
+            "Merge the rank shards of a benchmark's predictions, then score them.", add_merge_arguments, run_merge
+        ),
+        "score": Job(
+            "Score <out>/<benchmark>.predictions.jsonl against the question file.", add_score_arguments, run_score
+        ),
+    },
+    default="run",
+)
 main = main_for(JOBS, "python -m image_llavolta.evaluate")
 
 if __name__ == "__main__":

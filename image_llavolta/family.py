@@ -19,6 +19,7 @@ command lines, measurements and tests need around it. Its fields:
 A new family is one more `ModelFamily` value, in the package of its adapter, and one more entry in
 `video_llavolta.families.FAMILIES`, which lists every family; `LLAVA` is the base package's own.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,9 @@ def family_named(model_type: str, families: Mapping[str, ModelFamily], where: st
     """`families[model_type]`, or a ValueError naming `where` (a path, an option) and the known model types."""
     family = families.get(model_type)
     if family is None:
-        raise ValueError(f"{where}: model_type {model_type!r} is not a family known here "
-                         f"(known: {', '.join(sorted(families))})")
+        raise ValueError(
+            f"{where}: model_type {model_type!r} is not a family known here (known: {', '.join(sorted(families))})"
+        )
     return family
 
 
@@ -66,8 +68,9 @@ def find_family(source: PretrainedConfig | str | os.PathLike, families: Mapping[
     return family_named(source.model_type, families, type(source).__name__)
 
 
-def synthetic_ids(config, batch: int, text_tokens: int, placeholder: int, visual_tokens: int,
-                  generator: torch.Generator) -> torch.Tensor:
+def synthetic_ids(
+    config, batch: int, text_tokens: int, placeholder: int, visual_tokens: int, generator: torch.Generator
+) -> torch.Tensor:
     """(batch, text_tokens + visual_tokens) random ids: half the text, `visual_tokens` × `placeholder`, the rest.
 
     Costs do not depend on content; text ids avoid the placeholder and special ids, and stay below 32000, where
@@ -76,12 +79,13 @@ def synthetic_ids(config, batch: int, text_tokens: int, placeholder: int, visual
     if text_tokens < 1:
         raise ValueError(f"text_tokens must be >= 1 (the prompt ends with text), got {text_tokens}")
     text = config.get_text_config(decoder=True)
-    avoid = set(placeholder_ids(config)) | {getattr(text, a, None) for a in ("pad_token_id", "bos_token_id",
-                                                                             "eos_token_id")}
+    avoid = set(placeholder_ids(config)) | {
+        getattr(text, a, None) for a in ("pad_token_id", "bos_token_id", "eos_token_id")
+    }
     allowed = torch.tensor([i for i in range(3, min(text.vocab_size, 32000)) if i not in avoid])
     ids = allowed[torch.randint(len(allowed), (batch, text_tokens + visual_tokens), generator=generator)]
     before = text_tokens // 2
-    ids[:, before:before + visual_tokens] = placeholder
+    ids[:, before : before + visual_tokens] = placeholder
     return ids
 
 
@@ -90,8 +94,11 @@ def _llava_inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     ids = synthetic_ids(config, batch, text_tokens, *placeholder_tokens(config)["<image>"], g)
     size = config.vision_config.image_size
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "pixel_values": torch.randn(batch, 3, size, size, generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(batch, 3, size, size, generator=g),
+    }
 
 
 def _llava_vision_flops(config, inputs: Mapping) -> int:

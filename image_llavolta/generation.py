@@ -15,6 +15,7 @@ and a prediction line; this module does the rest:
 Files, next to `preds.jsonl`: `preds.failures.jsonl` (failed questions and why) and `preds.settings.json` (what
 made the predictions, run facts, counts, status).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,26 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 from .compression import (
-    FROM_CONFIG, GRAMMAR, CompressedModelMixin, CompressionSpec, SpecArgument, check_spec_argument, parse_spec,
+    FROM_CONFIG,
+    GRAMMAR,
+    CompressedModelMixin,
+    CompressionSpec,
+    SpecArgument,
+    check_spec_argument,
+    parse_spec,
     placeholder_ids,
 )
 from .conversation import TEMPLATE_KEY, TEMPLATES
 from .inputs import collate
 from .jsonio import (
-    check_settings, failures_path, read_failures, read_jsonl, read_settings, settings_path, write_json, write_jsonl,
+    check_settings,
+    failures_path,
+    read_failures,
+    read_jsonl,
+    read_settings,
+    settings_path,
+    write_json,
+    write_jsonl,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,24 +89,45 @@ def generation_config(tokenizer, config, max_new_tokens: int) -> GenerationConfi
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None),
-               None)
+    pad = next(
+        (t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None), None
+    )
     if pad is None:
         raise ValueError("the tokenizer has no pad, unk or eos token to pad batches with")
-    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                            suppress_tokens=placeholder_ids(config))
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        suppress_tokens=placeholder_ids(config),
+    )
 
 
 def generation_settings(generation: GenerationConfig) -> dict:
     """The decoding settings that determine predictions, for a settings file."""
-    return {"do_sample": generation.do_sample, "num_beams": generation.num_beams,
-            "max_new_tokens": generation.max_new_tokens, "eos_token_id": generation.eos_token_id,
-            "pad_token_id": generation.pad_token_id, "suppress_tokens": generation.suppress_tokens}
+    return {
+        "do_sample": generation.do_sample,
+        "num_beams": generation.num_beams,
+        "max_new_tokens": generation.max_new_tokens,
+        "eos_token_id": generation.eos_token_id,
+        "pad_token_id": generation.pad_token_id,
+        "suppress_tokens": generation.suppress_tokens,
+    }
 
 
-def run_settings(model, tokenizer, compression_arg, compression: CompressionSpec | None, template,
-                 generation: GenerationConfig, rank: int, world_size: int, **specific) -> dict:
+def run_settings(
+    model,
+    tokenizer,
+    compression_arg,
+    compression: CompressionSpec | None,
+    template,
+    generation: GenerationConfig,
+    rank: int,
+    world_size: int,
+    **specific,
+) -> dict:
     """What determines a harness's predictions (a rerun into the same file must match it), plus its own fields."""
     return {
         "model": getattr(model, "name_or_path", "") or "",
@@ -109,8 +144,9 @@ def run_settings(model, tokenizer, compression_arg, compression: CompressionSpec
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, samples: Sequence[dict], generation: GenerationConfig,
-                     compression: CompressionSpec | None) -> list[str]:
+def generate_answers(
+    model, tokenizer, samples: Sequence[dict], generation: GenerationConfig, compression: CompressionSpec | None
+) -> list[str]:
     """Greedy answers of encoded samples, batched with left padding: new tokens only, special tokens skipped."""
     batch = collate(samples, generation.pad_token_id, padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
@@ -119,7 +155,7 @@ def generate_answers(model, tokenizer, samples: Sequence[dict], generation: Gene
             batch[key] = batch[key].to(model.dtype)
     extra = {"compression": compression} if hasattr(model, "compression_spec") else {}
     out = model.generate(**batch, generation_config=generation, **extra)
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    new_tokens = out[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -136,8 +172,10 @@ def load_done(path: str, shard_ids: set[str]) -> dict[str, dict]:
     for r in records:
         key = str(r.get("question_id"))
         if key not in shard_ids:
-            raise ValueError(f"{path} holds a prediction for question id {r.get('question_id')!r}, which is not "
-                             "in this shard of the question file: another question file, --limit or world size?")
+            raise ValueError(
+                f"{path} holds a prediction for question id {r.get('question_id')!r}, which is not "
+                "in this shard of the question file: another question file, --limit or world size?"
+            )
         if key in done:
             raise ValueError(f"{path} holds question id {r['question_id']!r} twice")
         done[key] = r
@@ -191,8 +229,11 @@ def answer_questions(
 
     failures, written = {}, 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as out, open(failures_path(path), "a", encoding="utf-8") as fail, \
-            tqdm(total=len(pending), desc=desc, unit="q", disable=not pending) as bar:
+    with (
+        open(path, "a", encoding="utf-8") as out,
+        open(failures_path(path), "a", encoding="utf-8") as fail,
+        tqdm(total=len(pending), desc=desc, unit="q", disable=not pending) as bar,
+    ):
         for start in range(0, len(pending), batch_size):
             samples, answered, failed = [], [], []
             for question in pending[start : start + batch_size]:
@@ -215,11 +256,24 @@ def answer_questions(
     for f in failures.values():
         logger.warning("question %s failed: %s", f["question_id"], f.get("reason"))
 
-    counts = {"questions": len(questions), "predicted": len(done) + written, "resumed": len(done), "new": written,
-              "failed": len(failures)}
+    counts = {
+        "questions": len(questions),
+        "predicted": len(done) + written,
+        "resumed": len(done),
+        "new": written,
+        "failed": len(failures),
+    }
     run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(settings_path(path), {"settings": settings, "run": run, "status": "complete", "counts": counts,
-                                     "failed_question_ids": [f["question_id"] for f in failures.values()]})
+    write_json(
+        settings_path(path),
+        {
+            "settings": settings,
+            "run": run,
+            "status": "complete",
+            "counts": counts,
+            "failed_question_ids": [f["question_id"] for f in failures.values()],
+        },
+    )
     return {"predictions": path, "failures": failures_path(path), "settings": settings_path(path), **counts}
 
 
@@ -276,15 +330,20 @@ def merge_shards(
         (mismatched, "predictions have another question or reference answer than the QA file"),
         (missing, "question ids of the QA file have neither a prediction nor a failure (an unfinished shard?)"),
     ]
-    errors = [f"{len(items)} {what}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-              for items, what in problems if items]
+    errors = [
+        f"{len(items)} {what}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+        for items, what in problems
+        if items
+    ]
     stored = [read_settings(p) for p in shard_paths]
     common = [{k: v for k, v in s.items() if k != "rank"} for s in stored if s is not None]
     if any(c != common[0] for c in common):
         errors.append("the shards were made with different settings (model, compression or generation)")
     if common and common[0].get("world_size") != len(shard_paths):
-        errors.append(f"the shards were written by {common[0].get('world_size')} ranks but {len(shard_paths)} "
-                      "shard files were given")
+        errors.append(
+            f"the shards were written by {common[0].get('world_size')} ranks but {len(shard_paths)} "
+            "shard files were given"
+        )
     if errors:
         raise ValueError(f"cannot merge {len(shard_paths)} shard(s) against {source}:\n  " + "\n  ".join(errors))
 
@@ -293,16 +352,23 @@ def merge_shards(
         if key in preds:
             merged.append(prediction(ref, preds[key]["pred"]))
         else:
-            merged_failures.append({**failures[key], **{k: ref[k] for k in ("question_id", *reference_fields)
-                                                        if k in ref}})
+            merged_failures.append(
+                {**failures[key], **{k: ref[k] for k in ("question_id", *reference_fields) if k in ref}}
+            )
     write_jsonl(out_path, merged)
     write_jsonl(failures_path(out_path), merged_failures)
     counts = {"questions": len(qa), "predicted": len(merged), "failed": len(merged_failures)}
-    write_json(settings_path(out_path), {
-        "settings": common[0] if common else None, "shards": shard_paths, "qa": os.path.abspath(source),
-        "status": "complete", "counts": counts,
-        "failed_question_ids": [f["question_id"] for f in merged_failures],
-    })
+    write_json(
+        settings_path(out_path),
+        {
+            "settings": common[0] if common else None,
+            "shards": shard_paths,
+            "qa": os.path.abspath(source),
+            "status": "complete",
+            "counts": counts,
+            "failed_question_ids": [f["question_id"] for f in merged_failures],
+        },
+    )
     return {"predictions": os.fspath(out_path), "failures": failures_path(out_path), **counts}
 
 
@@ -324,14 +390,24 @@ def add_model_arguments(parser, what: str, compression: bool = True) -> None:
     parser.add_argument("--model", required=True, help=f"{what} checkpoint directory (Hugging Face layout)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
     if compression:
-        parser.add_argument("--compression", default=FROM_CONFIG, type=spec_argument,
-                            help=f"test-time compression: {GRAMMAR}; default from_config, the checkpoint's")
-    parser.add_argument("--template", choices=sorted(TEMPLATES),
-                        help=f"conversation template (default: the one the checkpoint records in {TEMPLATE_KEY}, "
-                             "else vicuna_v1)")
+        parser.add_argument(
+            "--compression",
+            default=FROM_CONFIG,
+            type=spec_argument,
+            help=f"test-time compression: {GRAMMAR}; default from_config, the checkpoint's",
+        )
+    parser.add_argument(
+        "--template",
+        choices=sorted(TEMPLATES),
+        help=f"conversation template (default: the one the checkpoint records in {TEMPLATE_KEY}, else vicuna_v1)",
+    )
     parser.add_argument("--device", help="default: cuda:<LOCAL_RANK> when a GPU is present, else cpu")
-    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                        help="auto: bfloat16 on a GPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="auto: bfloat16 on a GPU, float32 on CPU",
+    )
 
 
 def load_for_generation(args, load_pretrained: Callable, **load_kwargs):

@@ -1,4 +1,5 @@
 """Model inputs for LLaVA-1.5: images loaded and processed, samples padded into batches."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ def load_image(image: Media, config, pad_to_square: bool = True) -> torch.Tensor
                 image = opened.convert("RGB")
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read image {image}: {err}") from None
-    return process_image(image, size=config.vision_config.image_size, pad_to_square=pad_to_square,
-                         mode=preprocessing_mode(config))
+    return process_image(
+        image, size=config.vision_config.image_size, pad_to_square=pad_to_square, mode=preprocessing_mode(config)
+    )
 
 
 def collate(samples: Sequence[dict], pad_token_id: int, padding_side: str = "left") -> dict:

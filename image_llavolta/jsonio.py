@@ -1,4 +1,5 @@
 """Files a person can read and a killed run cannot corrupt: atomic JSON / JSONL writers and a tolerant JSONL reader."""
+
 from __future__ import annotations
 
 import json
@@ -110,12 +111,15 @@ def read_settings(pred_path: str | os.PathLike) -> dict | None:
     return settings
 
 
-def check_settings(path: str | os.PathLike, stored: Mapping | None, settings: Mapping,
-                   what: str = "predictions") -> None:
+def check_settings(
+    path: str | os.PathLike, stored: Mapping | None, settings: Mapping, what: str = "predictions"
+) -> None:
     """Refuse to continue `path` (holding `what`) when its stored settings differ, naming every one that does."""
     stored = dict(stored or {})
     changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
     if changed:
         details = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        raise ValueError(f"{os.fspath(path)} holds {what} made with other settings ({details}); "
-                         "write elsewhere or delete it to start over")
+        raise ValueError(
+            f"{os.fspath(path)} holds {what} made with other settings ({details}); "
+            "write elsewhere or delete it to start over"
+        )

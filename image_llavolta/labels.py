@@ -18,6 +18,7 @@ after `</s>` with `▁USER`, as with the legacy Vicuna tokenizer LLaVA trained w
 there when tokenizing the whole text). The first prompt piece is exactly the inference prompt for any tokenizer.
 Check one encoded sample when you bring a new tokenizer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

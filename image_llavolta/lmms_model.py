@@ -25,15 +25,16 @@ arguments on commas, so `2:8` stands for `2,8`), `batch_size`, `device`, `dtype`
 on CPU), `template` (conversation template; default: the one the checkpoint records, else vicuna_v1).
 
 Requests are answered as LLaVA-1.5 evaluates: one "<image>\\n" per visual in front of the task's text unless the
-text already holds "<image>" placeholders, the checkpoint's template (vicuna_v1 for LLaVA-1.5), images padded to a square, greedy decoding
-(a task's sampling settings are ignored, with a warning), visual placeholder ids never generated, the output cut
-at the task's `until` strings. `loglikelihood` scores a continuation after the rendered prompt (the continuation is
-tokenized on its own, without special tokens); its logits come from the compressed forward when compression is
-on. One process: requests are not split over ranks.
+text already holds "<image>" placeholders, the checkpoint's template (vicuna_v1 for LLaVA-1.5), images padded to a
+square, greedy decoding (a task's sampling settings are ignored, with a warning), visual placeholder ids never
+generated, the output cut at the task's `until` strings. `loglikelihood` scores a continuation after the rendered
+prompt (the continuation is tokenized on its own, without special tokens); its logits come from the compressed
+forward when compression is on. One process: requests are not split over ranks.
 
 Without lmms-eval installed this module still imports: `Llavolta` then derives from `object` and answers any
 request objects with an lmms-eval style `args` tuple, which is how its tests run without the extra.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,14 +93,25 @@ class Llavolta(_Base):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, tokenizer: str | None = None, compression=FROM_CONFIG, batch_size=1,
-                 device: str | None = None, dtype: str = "auto", template: str | None = None,
-                 max_batch_size=None, **unknown):
+    def __init__(
+        self,
+        pretrained: str,
+        tokenizer: str | None = None,
+        compression=FROM_CONFIG,
+        batch_size=1,
+        device: str | None = None,
+        dtype: str = "auto",
+        template: str | None = None,
+        max_batch_size=None,
+        **unknown,
+    ):
         if _Base is not object:
             super().__init__()
         if unknown:
-            raise ValueError(f"unknown llavolta model argument(s) {sorted(unknown)}; known: pretrained, tokenizer, "
-                             "compression, batch_size, device, dtype, template")
+            raise ValueError(
+                f"unknown llavolta model argument(s) {sorted(unknown)}; known: pretrained, tokenizer, "
+                "compression, batch_size, device, dtype, template"
+            )
         from transformers import AutoTokenizer
 
         from .checkpoint import load_pretrained
@@ -136,13 +148,16 @@ class Llavolta(_Base):
         if "<image>" not in context:
             context = "<image>\n" * len(visuals) + context
         if context.count("<image>") != len(visuals):
-            raise ValueError(f"the text holds {context.count('<image>')} <image> placeholder(s) but the task gave "
-                             f"{len(visuals)} visual(s)")
+            raise ValueError(
+                f"the text holds {context.count('<image>')} <image> placeholder(s) but the task gave "
+                f"{len(visuals)} visual(s)"
+            )
         prompt = self.template.render([context])
         sample = {"input_ids": tokenize_prompt(self.tokenizer, prompt, placeholder_tokens(self.model.config))}
         if visuals:
-            sample["pixel_values"] = torch.stack([load_image(v, self.model.config, pad_to_square=True)
-                                                  for v in visuals])
+            sample["pixel_values"] = torch.stack(
+                [load_image(v, self.model.config, pad_to_square=True) for v in visuals]
+            )
         return sample
 
     # -------------------------------------------------------------------------------------------
@@ -181,8 +196,10 @@ class Llavolta(_Base):
         out = []
         for request in requests:
             if len(request.args) != 6:
-                raise ValueError("llavolta answers loglikelihood requests of (context, continuation, doc_to_visual, "
-                                 f"doc_id, task, split), got {len(request.args)} arguments")
+                raise ValueError(
+                    "llavolta answers loglikelihood requests of (context, continuation, doc_to_visual, "
+                    f"doc_id, task, split), got {len(request.args)} arguments"
+                )
             context, target, doc_to_visual, doc_id, task, split = request.args
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             sample = self.encode(context, self._visuals(doc_to_visual, doc_id, task, split))

@@ -6,6 +6,7 @@ Without matplotlib the probe still writes its JSON; `save_plots` then prints one
 matplotlib is imported inside the functions, and figures are drawn on `matplotlib.figure.Figure` directly, so no
 global backend or pyplot state is touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,12 @@ def attention_figure(profile: dict):
     layers = [r["layer"] for r in rows]
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     mass, dense = fig.subplots(1, 2)
-    styles = {"visual": dict(color="tab:blue", marker="o"), "system": dict(color="tab:orange", marker="s"),
-              "bos": dict(color="grey", linestyle=":"), "rest": dict(color="tab:green", linestyle="--")}
+    styles = {
+        "visual": dict(color="tab:blue", marker="o"),
+        "system": dict(color="tab:orange", marker="s"),
+        "bos": dict(color="grey", linestyle=":"),
+        "rest": dict(color="tab:green", linestyle="--"),
+    }
     labels = {"visual": "visual tokens", "system": "system-prompt tokens", "bos": "BOS", "rest": "other text"}
     for name, style in styles.items():
         if rows and f"{name}_mass" in rows[0]:
@@ -69,8 +74,7 @@ def attention_figure(profile: dict):
     for name in ("visual", "system"):
         values = [r.get(f"{name}_per_token") for r in rows]
         if any(v is not None for v in values):
-            dense.plot(layers, [float("nan") if v is None else v for v in values], label=labels[name],
-                       **styles[name])
+            dense.plot(layers, [float("nan") if v is None else v for v in values], label=labels[name], **styles[name])
     mass.set_title("attention mass from the answer position")
     mass.set_ylabel("share of attention (mean over heads, samples)")
     dense.set_title("attention per token")
@@ -109,8 +113,13 @@ def matplotlib_available() -> bool:
     return True
 
 
-def save_plots(out_dir: str | os.PathLike, sweep: dict | None = None, attention: dict | None = None,
-               lines_per: str = "layer", file=None) -> dict[str, str | None]:
+def save_plots(
+    out_dir: str | os.PathLike,
+    sweep: dict | None = None,
+    attention: dict | None = None,
+    lines_per: str = "layer",
+    file=None,
+) -> dict[str, str | None]:
     """Draw `sweep.png` / `attention.png` in `out_dir` for what is given; without matplotlib print PLOT_HINT once."""
     wanted = {"sweep": sweep, "attention": attention}
     written = {name: None for name, data in wanted.items() if data is not None}

@@ -22,6 +22,7 @@ input by `query_attention`: no eager attention, no L×L maps. The probability ma
 token (a region's mass over its token count), since the paper's point is density: many visual tokens each get
 little attention.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,8 +81,9 @@ def _int_list(values: Sequence[int], what: str) -> list[int]:
     return values
 
 
-def sweep_grid(layers: Sequence[int], strides: Sequence[int], num_layers: int, method: str = "avgpool",
-               stock: bool = True) -> list[CompressionSpec | None]:
+def sweep_grid(
+    layers: Sequence[int], strides: Sequence[int], num_layers: int, method: str = "avgpool", stock: bool = True
+) -> list[CompressionSpec | None]:
     """The stock point (None) first if asked, then CompressionSpec(K, S) for every K in `layers`, S in `strides`."""
     layers, strides = _int_list(layers, "layer"), _int_list(strides, "stride")
     grid = [CompressionSpec(k, s, method) for k in layers for s in strides]
@@ -166,8 +168,13 @@ def run_sweep(
 
     def save(status: str) -> dict:
         ordered = [records[n] for n in names if n in records] + [r for n, r in records.items() if n not in names]
-        sweep = {**identity, "share_kept_definition": SHARE_KEPT_DEFINITION, "status": status, "counts": counts,
-                 "points": ordered}
+        sweep = {
+            **identity,
+            "share_kept_definition": SHARE_KEPT_DEFINITION,
+            "status": status,
+            "counts": counts,
+            "points": ordered,
+        }
         write_json(path, sweep)
         return sweep
 
@@ -178,8 +185,13 @@ def run_sweep(
             counts["resumed"] += 1
             continue
         record = _point_record(spec, num_layers, segment_lengths)
-        logger.info("sweep point %d/%d: %s (%.1f%% of visual tokens kept)", number, len(points), name,
-                    100 * record["share_kept"])
+        logger.info(
+            "sweep point %d/%d: %s (%.1f%% of visual tokens kept)",
+            number,
+            len(points),
+            name,
+            100 * record["share_kept"],
+        )
         started = time.perf_counter()
         try:
             metrics = dict(evaluate(spec))
@@ -203,12 +215,23 @@ def run_sweep(
 def format_sweep(sweep: Mapping) -> str:
     """The sweep as a table, one row per point, with the errors of failed points below it."""
     c = sweep["counts"]
-    rows = [[p["name"], None if p["stock"] else p["layer"], None if p["stock"] else p["stride"],
-             percent(p["share_kept"]), f"{p['compression_ratio']:.2f}", percent(p["accuracy"]),
-             None if (score := (p.get("metrics") or {}).get("score")) is None else f"{score:.2f}", p["status"]]
-            for p in sweep["points"]]
-    title = (f"sweep: {len(sweep['points'])} points ({c['evaluated']} evaluated now, {c['resumed']} resumed, "
-             f"{c['failed']} failed)")
+    rows = [
+        [
+            p["name"],
+            None if p["stock"] else p["layer"],
+            None if p["stock"] else p["stride"],
+            percent(p["share_kept"]),
+            f"{p['compression_ratio']:.2f}",
+            percent(p["accuracy"]),
+            None if (score := (p.get("metrics") or {}).get("score")) is None else f"{score:.2f}",
+            p["status"],
+        ]
+        for p in sweep["points"]
+    ]
+    title = (
+        f"sweep: {len(sweep['points'])} points ({c['evaluated']} evaluated now, {c['resumed']} resumed, "
+        f"{c['failed']} failed)"
+    )
     errors = [f"{p['name']} {p['status']}: {p['error']}" for p in sweep["points"] if p["status"] != "ok"]
     table = format_table(rows, ["point", "K", "S", "kept", "CR", "accuracy", "score", "status"], title=title)
     return "\n".join([table, *errors])
@@ -231,8 +254,9 @@ def system_prompt_mask(tokenizer, template: Template, prompt: str, input_ids: Se
     if not system:
         return mask
     if not prompt.startswith(system):
-        raise ValueError(f"the prompt does not start with the template's system message {system[:40]!r}...: "
-                         f"{prompt[:80]!r}")
+        raise ValueError(
+            f"the prompt does not start with the template's system message {system[:40]!r}...: {prompt[:80]!r}"
+        )
     start = 0 if tokenizer.bos_token_id is None else 1  # tokenize_prompt puts one BOS in front
     if start and input_ids[:1] != [tokenizer.bos_token_id]:
         raise ValueError(f"input_ids do not start with BOS ({tokenizer.bos_token_id}): not made by tokenize_prompt?")
@@ -246,19 +270,24 @@ def system_prompt_mask(tokenizer, template: Template, prompt: str, input_ids: Se
         try:
             encoded = tokenizer(head, add_special_tokens=False, return_offsets_mapping=True)
         except (NotImplementedError, ValueError, TypeError) as err:
-            raise ValueError(f"cannot find the system message's tokens: it tokenizes differently inside the prompt "
-                             f"and the tokenizer gives no character offsets ({err})") from None
+            raise ValueError(
+                f"cannot find the system message's tokens: it tokenizes differently inside the prompt "
+                f"and the tokenizer gives no character offsets ({err})"
+            ) from None
         candidate = [i for i, (s, _) in zip(encoded["input_ids"], encoded["offset_mapping"]) if s < len(system)]
         if input_ids[start : start + len(candidate)] != candidate:
-            raise ValueError("cannot find the system message's tokens: the prompt's first tokens "
-                             f"{input_ids[start : start + len(candidate)]} differ from its own tokens {candidate}")
+            raise ValueError(
+                "cannot find the system message's tokens: the prompt's first tokens "
+                f"{input_ids[start : start + len(candidate)]} differ from its own tokens {candidate}"
+            )
     for i in range(start, start + len(candidate)):
         mask[i] = True
     return mask
 
 
-def prompt_regions(tokenizer, template: Template, prompt: str, input_ids: Sequence[int],
-                   visual_ids: Sequence[int]) -> dict[str, list[bool]]:
+def prompt_regions(
+    tokenizer, template: Template, prompt: str, input_ids: Sequence[int], visual_ids: Sequence[int]
+) -> dict[str, list[bool]]:
     """Masks over `input_ids` of the regions the profile reports: "visual", "system" and "bos" (see REGIONS)."""
     input_ids = [int(i) for i in input_ids]
     visual = set(int(v) for v in visual_ids)
@@ -291,8 +320,16 @@ def answer_attention(model, batch: Mapping[str, torch.Tensor], regions: Mapping[
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # as generate() numbers a padded prompt
     pixels = {k: v.to(model.device, model.dtype) for k, v in batch.items() if k.startswith("pixel_values")}
     extra = {"compression": None} if hasattr(model, "compression_spec") else {}  # the stock forward, always
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
-                use_cache=False, logits_to_keep=1, **pixels, **extra)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        output_hidden_states=True,
+        use_cache=False,
+        logits_to_keep=1,
+        **pixels,
+        **extra,
+    )
     decoder = model.model.language_model
     hidden = out.hidden_states  # hidden[l] is decoder layer l's input
     rope = decoder.rotary_emb(hidden[0], position_ids=positions)
@@ -360,7 +397,7 @@ def attention_profile(model, samples: Sequence[Mapping], batch_size: int = 1, pa
         "answer_position": ANSWER_POSITION,
         "regions": {name: REGION_DEFINITIONS.get(name, "") for name in all_names},
         "layer_index": "decoder layer l, 0-based: the attention inside layer l (a spec with K = l pools just "
-                       "before it)",
+        "before it)",
         "averaging": "head mean per sample, then the mean over samples; per_token = region mass / its tokens",
         "samples": len(samples),
         "num_layers": num_layers,
@@ -376,9 +413,16 @@ def format_attention(attention: Mapping) -> str:
     regions = list(attention["tokens"])
     dense = [n for n in ("visual", "system") if n in regions]  # the paper's point: many tokens, little each
     tokens = ", ".join(f"{r} {attention['tokens'][r]:.0f}" for r in regions)
-    rows = [[r["layer"], *(f"{r[f'{n}_mass']:.3f}" for n in regions),
-             *(None if r[f"{n}_per_token"] is None else f"{r[f'{n}_per_token']:.2e}" for n in dense)]
-            for r in attention["layers"]]
-    title = (f"attention of the answer position (last prompt token), mean over {attention['samples']} samples and "
-             f"{attention['heads']} heads; tokens: {tokens}")
+    rows = [
+        [
+            r["layer"],
+            *(f"{r[f'{n}_mass']:.3f}" for n in regions),
+            *(None if r[f"{n}_per_token"] is None else f"{r[f'{n}_per_token']:.2e}" for n in dense),
+        ]
+        for r in attention["layers"]
+    ]
+    title = (
+        f"attention of the answer position (last prompt token), mean over {attention['samples']} samples and "
+        f"{attention['heads']} heads; tokens: {tokens}"
+    )
     return format_table(rows, ["layer", *regions, *(f"{n}/token" for n in dense)], title=title)

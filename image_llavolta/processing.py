@@ -16,6 +16,7 @@ A model config names its mode in `llavolta_image_preprocessing`; without it, LLa
 Video-LLaVA models "languagebind" (`preprocessing_mode`). `flip=True` mirrors horizontally (an opt-in training
 augmentation; nothing here is random, and evaluation never flips).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -84,8 +85,9 @@ def _languagebind_resize_crop(image: Image.Image, size: int) -> torch.Tensor:
     height, width = pixels.shape[-2:]
     new_w, new_h = _resized_size(width, height, size)
     if (new_w, new_h) != (width, height):  # torchvision returns the input unchanged when the size already fits
-        pixels = F.interpolate(pixels[None], size=(new_h, new_w), mode="bicubic", align_corners=False,
-                               antialias=False)[0]
+        pixels = F.interpolate(pixels[None], size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=False)[
+            0
+        ]
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return pixels[:, top : top + size, left : left + size]
 
@@ -95,8 +97,9 @@ IMAGE_PREPROCESSING = {"clip": _clip_resize_crop, "languagebind": _languagebind_
 
 def preprocessing_mode(config) -> str:
     """The image preprocessing mode a model config names, else its family's (Video-LLaVA: languagebind)."""
-    mode = getattr(config, PREPROCESSING_KEY, None) or DEFAULT_PREPROCESSING.get(getattr(config, "model_type", None),
-                                                                                 "clip")
+    mode = getattr(config, PREPROCESSING_KEY, None) or DEFAULT_PREPROCESSING.get(
+        getattr(config, "model_type", None), "clip"
+    )
     if mode not in IMAGE_PREPROCESSING:
         raise ValueError(f"the model config's {PREPROCESSING_KEY} {mode!r} is not one of {sorted(IMAGE_PREPROCESSING)}")
     return mode

@@ -3,6 +3,7 @@
 Stage boundaries are counted in optimizer steps and derived from the global step alone, so gradient accumulation,
 the number of ranks and resuming from any checkpoint never move them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ class Stage:
             raise ValueError(f"a stage's fraction must be in [0, 1], got {self.fraction}")
 
     @classmethod
-    def from_dict(cls, data: dict | str) -> "Stage":
+    def from_dict(cls, data: dict | str) -> Stage:
         """`{"layer": 2, "stride": 8, "fraction": 0.5}` or `{"none": true, "fraction": 0.5}` (or the string "none")."""
         if data == "none":
             return cls(None, 1.0)
@@ -60,7 +61,7 @@ class Scheme:
             raise ValueError(f"scheme {self.name!r}: stage fractions sum to {total:g}, not 1")
 
     @classmethod
-    def from_list(cls, name: str, stages: list) -> "Scheme":
+    def from_list(cls, name: str, stages: list) -> Scheme:
         """A scheme from its YAML list of stage dicts."""
         try:
             return cls(name, tuple(Stage.from_dict(s) for s in stages))
@@ -92,12 +93,13 @@ class Scheme:
         """The compression spec for optimizer step `step`."""
         return self.stages[self.stage_index(step, total_steps)].spec
 
-    def for_depth(self, num_layers: int, reference_layers: int) -> "Scheme":
+    def for_depth(self, num_layers: int, reference_layers: int) -> Scheme:
         """The scheme with each layer K rescaled from a `reference_layers`-deep decoder to `num_layers`.
 
         The paper's K (2, 16) are for 32-layer Vicuna-7B; a tiny model keeps each stage's relative depth with
         K' = max(1, round(K * num_layers / reference_layers)).
         """
+
         def scale(spec):
             if spec is None:
                 return None

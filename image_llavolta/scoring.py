@@ -19,9 +19,9 @@ else is unparsed and scored wrong, never guessed.
 
 Multiple choice (`extract_choice`): a bare letter ("B", "(B)", "B."), a leading letter with a delimiter
 ("B. cat", "(B) cat", "B: cat") or a letter named by "answer is / answer: / option / choice" or in parentheses
-("The answer is B"), when the output names no other letter; else the text of exactly one option ("cat"). A letter outside the options, several different
-letters, or none is unparsed and scored wrong, with the reason recorded. An "A" starting a sentence is never read
-as a letter unless a delimiter follows it.
+("The answer is B"), when the output names no other letter; else the text of exactly one option ("cat"). A letter
+outside the options, several different letters, or none is unparsed and scored wrong, with the reason recorded.
+An "A" starting a sentence is never read as a letter unless a delimiter follows it.
 
 Metrics (every question counts; a missing or unparsed prediction scores 0):
 - `exact_match`, `vqa_accuracy`, `accuracy`: the mean score.
@@ -32,6 +32,7 @@ Metrics (every question counts; a missing or unparsed prediction scores 0):
 
 This module imports neither torch nor transformers.
 """
+
 from __future__ import annotations
 
 import re
@@ -129,8 +130,10 @@ def parse_yes_no(text: str) -> tuple[str | None, str | None]:
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _BARE = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 _LEADING = re.compile(r"\(?([A-Z])(?:[.:)]|\)[.:]?)(?:\s|$)")
-_NAMED = re.compile(r"(?i:\b(?:answer|option|choice)\b)(?:\s+(?i:is|would\s+be|should\s+be))?\s*:?\s*"
-                    r"(?i:option\s+)?\(?([A-Z])\b(?!['’])")
+_NAMED = re.compile(
+    r"(?i:\b(?:answer|option|choice)\b)(?:\s+(?i:is|would\s+be|should\s+be))?\s*:?\s*"
+    r"(?i:option\s+)?\(?([A-Z])\b(?!['’])"
+)
 _PARENTHESISED = re.compile(r"\(([A-Z])\)")
 
 
@@ -163,8 +166,18 @@ def extract_choice(text: str, options: Sequence[str]) -> tuple[str | None, str |
 # ---------------------------------------------------------------------------------------------------
 # Metrics
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
-                  "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
@@ -187,8 +200,13 @@ def pope_metrics(rows: Sequence[dict]) -> dict:
         f1 = None
     else:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": mean_score(rows)["accuracy"], "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": _ratio(sum(said_yes), len(rows))}
+    return {
+        "accuracy": mean_score(rows)["accuracy"],
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": _ratio(sum(said_yes), len(rows)),
+    }
 
 
 def mme_metrics(rows: Sequence[dict]) -> dict:
@@ -202,8 +220,13 @@ def mme_metrics(rows: Sequence[dict]) -> dict:
     return {"accuracy": accuracy, "accuracy_plus": accuracy_plus, "score": score}
 
 
-METRICS = {"exact_match": mean_score, "vqa_accuracy": mean_score, "accuracy": mean_score, "pope": pope_metrics,
-           "mme": mme_metrics}
+METRICS = {
+    "exact_match": mean_score,
+    "vqa_accuracy": mean_score,
+    "accuracy": mean_score,
+    "pope": pope_metrics,
+    "mme": mme_metrics,
+}
 
 
 def summarize(metric: str, rows: Sequence[dict], by_category: bool) -> dict:
@@ -218,11 +241,16 @@ def summarize(metric: str, rows: Sequence[dict], by_category: bool) -> dict:
     out["by_category"] = {c: fn([r for r in rows if r["category"] == c]) for c in categories}
     per = out["by_category"].values()
     if metric == "mme":
+
         def total(names) -> float | None:
             scores = [out["by_category"][c]["score"] for c in names if c in out["by_category"]]
             return sum(scores) if scores else None
-        out["aggregate"] = {"perception": total(MME_PERCEPTION), "cognition": total(MME_COGNITION),
-                            "total": total(out["by_category"])}
+
+        out["aggregate"] = {
+            "perception": total(MME_PERCEPTION),
+            "cognition": total(MME_COGNITION),
+            "total": total(out["by_category"]),
+        }
         out["overall"]["score"] = None  # MME's score is per subtask and summed (aggregate), never pooled
     elif per:
         keys = next(iter(per)).keys()

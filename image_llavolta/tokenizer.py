@@ -3,6 +3,7 @@
 Ids: <pad> 0, <s> 1, </s> 2, <unk> 3, the words in first-seen order, then <image> and <video> last, which is
 where the tiny configs put the placeholder ids (vocab_size - 2 and vocab_size - 1).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -26,6 +27,12 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate([*words, *PLACEHOLDERS])}
     core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", additional_special_tokens=list(PLACEHOLDERS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(PLACEHOLDERS),
+    )
     return tokenizer

@@ -1,4 +1,4 @@
-"""Staged LLaVA-1.5 instruction tuning: `python -m image_llavolta.train CONFIG.yaml [key=value ...] [--resume auto|DIR]`.
+"""Staged LLaVA-1.5 instruction tuning: `python -m image_llavolta.train CONFIG.yaml [key=value ...] [--resume DIR]`.
 
 Image and text-only records (LLaVA-1.5 format, see `image_llavolta.data`). Launch on several GPUs or nodes with
 `deepspeed` or `torchrun`; a single CPU process works for tests. Unlike video runs, image runs may use DeepSpeed
@@ -9,6 +9,7 @@ ZeRO-3 run with an error, since that rank cannot take part in the step's paramet
 The pieces shared with `video_llavolta.train` (tokenizer, dataset options, the training call, the options, the
 family check) live here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 from .checkpoint import default_attn_implementation, load_pretrained, read_config
 from .commands import command_main
 from .compression import enable_compression
-from .models.llava import LlavoltaForConditionalGeneration
 from .configs import tiny_llava_config
 from .conversation import get_template
 from .data import InstructionDataset, ModalityLengthGroupedSampler, TrainCollator
+from .models.llava import LlavoltaForConditionalGeneration
 from .tokenizer import build_word_tokenizer
 from .train_config import TrainConfig, load_config
 from .trainer import run_training
@@ -88,22 +89,26 @@ def model_for_run(config: TrainConfig, tokenizer) -> LlavoltaForConditionalGener
     check_family(config, "llava")
     m = config.model
     if m.path is not None:
-        return load_pretrained(m.path, compression=None,
-                               attn_implementation=m.attn_implementation or default_attn_implementation())
+        return load_pretrained(
+            m.path, compression=None, attn_implementation=m.attn_implementation or default_attn_implementation()
+        )
     # The placeholder id is the tokenizer's own <image> id, not a position assumed in the vocabulary.
-    model_config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=token_id(tokenizer, "<image>"),
-                                     **m.tiny)
+    model_config = tiny_llava_config(
+        vocab_size=len(tokenizer), image_token_index=token_id(tokenizer, "<image>"), **m.tiny
+    )
     torch.manual_seed(config.seed)
-    model = LlavaForConditionalGeneration._from_config(model_config,
-                                                       attn_implementation=m.attn_implementation or "sdpa")
+    model = LlavaForConditionalGeneration._from_config(
+        model_config, attn_implementation=m.attn_implementation or "sdpa"
+    )
     return enable_compression(model, None)
 
 
 def dataset_options(config: TrainConfig) -> dict:
     """The `InstructionDataset` keyword arguments of a run, beyond the media roots."""
     d = config.data
-    return dict(max_length=d.max_length, template=get_template(config.template), flip_prob=d.flip_prob,
-                seed=config.seed)
+    return dict(
+        max_length=d.max_length, template=get_template(config.template), flip_prob=d.flip_prob, seed=config.seed
+    )
 
 
 def batch_sampler(config: TrainConfig, dataset):
@@ -112,24 +117,34 @@ def batch_sampler(config: TrainConfig, dataset):
     grouping = {} if config.data.group_by_length else {"megabatch": 1}
 
     def sampler(global_batch_size: int, seed: int):
-        return ModalityLengthGroupedSampler(dataset.lengths(), dataset.modalities(), global_batch_size, seed,
-                                            **grouping)
+        return ModalityLengthGroupedSampler(
+            dataset.lengths(), dataset.modalities(), global_batch_size, seed, **grouping
+        )
 
     return sampler
 
 
 def train_on_dataset(config: TrainConfig, model, tokenizer, dataset, resume: str | None = None, callbacks=()) -> dict:
     """Staged training on an `InstructionDataset`: modality-grouped batches, failures logged; returns the report."""
-    return run_training(config, model, tokenizer, dataset, TrainCollator(tokenizer.pad_token_id),
-                        batch_sampler(config, dataset), resume, callbacks)
+    return run_training(
+        config,
+        model,
+        tokenizer,
+        dataset,
+        TrainCollator(tokenizer.pad_token_id),
+        batch_sampler(config, dataset),
+        resume,
+        callbacks,
+    )
 
 
 def train(config: TrainConfig, resume: str | None = None, callbacks=()) -> dict:
     """Run one configured image training; returns the run report."""
     tokenizer = tokenizer_for_run(config)
     model = model_for_run(config, tokenizer)
-    dataset = InstructionDataset(config.data.train, tokenizer, model.config, image_root=config.data.image_root,
-                                 **dataset_options(config))
+    dataset = InstructionDataset(
+        config.data.train, tokenizer, model.config, image_root=config.data.image_root, **dataset_options(config)
+    )
     return train_on_dataset(config, model, tokenizer, dataset, resume, callbacks)
 
 

@@ -13,6 +13,7 @@ Any field can be overridden with `key.sub=value` arguments (values parsed as YAM
 config), which is how `llavolta train` picks the family's trainer. With `model.path` it defaults to the
 checkpoint's `model_type` (and must agree with it); a tiny model names it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -206,8 +207,9 @@ def _coerce(value, hint, where: str):
                     return kind(value)
                 except ValueError:
                     pass
-        raise ValueError(f"{where}: expected {' or '.join(getattr(a, '__name__', str(a)) for a in allowed)}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{where}: expected {' or '.join(getattr(a, '__name__', str(a)) for a in allowed)}, got {value!r}"
+        )
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
         return float(value)
     return value

@@ -5,6 +5,7 @@ The spec is passed to the model's forward per call (never set on the model betwe
 Samples that fail to load are logged (id, path, reason) to `failures.jsonl`, counted, and stop the run above
 `max_failure_share`; they are never replaced by other samples.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,16 @@ class FailureLimitExceeded(RuntimeError):
 class StagedTrainer(Trainer):
     """transformers' Trainer running a LLaVolta scheme, with failure accounting and a per-stage report."""
 
-    def __init__(self, *args, scheme: Scheme, num_layers: int, max_failure_share: float = 0.01,
-                 sampler_factory=None, zero_stage: int = 0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        scheme: Scheme,
+        num_layers: int,
+        max_failure_share: float = 0.01,
+        sampler_factory=None,
+        zero_stage: int = 0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.zero_stage = zero_stage
         self.scheme = scheme
@@ -85,8 +94,10 @@ class StagedTrainer(Trainer):
             return super().get_train_dataloader()
         sampler = self.sampler_factory(self.args.per_device_train_batch_size * self.args.world_size, self.args.seed)
         return _EpochDataLoader(
-            self.train_dataset, _RankBatches(sampler, self.args.process_index, self.args.world_size),
-            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+            self.train_dataset,
+            _RankBatches(sampler, self.args.process_index, self.args.world_size),
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -97,8 +108,10 @@ class StagedTrainer(Trainer):
         self._record_failures(failed)
         if "input_ids" not in inputs:  # every sample of this micro-batch failed: a zero loss keeps ranks in step
             if self.zero_stage == 3:  # ...except under ZeRO-3, where the other ranks' parameter gathers would hang
-                raise FailureLimitExceeded(f"every sample of a micro-batch failed to load at step "
-                                           f"{self.state.global_step}; under ZeRO-3 this rank cannot skip the forward")
+                raise FailureLimitExceeded(
+                    f"every sample of a micro-batch failed to load at step "
+                    f"{self.state.global_step}; under ZeRO-3 this rank cannot skip the forward"
+                )
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (zero, None) if return_outputs else zero
         inputs["compression"] = self.scheme.stages[stage].spec
@@ -140,8 +153,13 @@ class StagedTrainer(Trainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(target, "peft_config"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # engine files / adapters
         config = read_config(resume_from_checkpoint)
-        loaded, _, _ = load_model(type(target), resume_from_checkpoint, config, dtype=target.dtype,
-                                  attn_implementation=target.config._attn_implementation)
+        loaded, _, _ = load_model(
+            type(target),
+            resume_from_checkpoint,
+            config,
+            dtype=target.dtype,
+            attn_implementation=target.config._attn_implementation,
+        )
         target.load_state_dict(loaded.state_dict(), strict=True)
 
     def _save(self, output_dir=None, state_dict=None):
@@ -155,8 +173,10 @@ class StagedTrainer(Trainer):
         """Per-stage and whole-run summary (summed over ranks)."""
         tallies = _sum_over_ranks(self.tallies)
         # #Tokens summed over the stage's samples: the work compression saves, which machine load cannot change
-        rows = [{**t.as_row(s.label(), self.num_layers), "visual_tokens_over_layers": t.tokens_over_layers}
-                for s, t in zip(self.scheme.stages, tallies)]
+        rows = [
+            {**t.as_row(s.label(), self.num_layers), "visual_tokens_over_layers": t.tokens_over_layers}
+            for s, t in zip(self.scheme.stages, tallies)
+        ]
         run = StageTally(**{k: sum(getattr(t, k) for t in tallies) for k in StageTally.__dataclass_fields__})
         return {
             "scheme": self.scheme.name,
@@ -234,12 +254,23 @@ def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
 
 def print_report(report: dict) -> None:
     """The run report as a short table."""
-    cols = ["stage", "optimizer_steps", "wall_seconds", "samples_per_second", "visual_tokens_in",
-            "visual_tokens_out", "visual_tokens_over_layers", "compression_ratio", "mean_loss"]
+    cols = [
+        "stage",
+        "optimizer_steps",
+        "wall_seconds",
+        "samples_per_second",
+        "visual_tokens_in",
+        "visual_tokens_out",
+        "visual_tokens_over_layers",
+        "compression_ratio",
+        "mean_loss",
+    ]
     heads = ["stage", "steps", "time s", "samples/s", "vis in", "vis out", "#Tokens", "CR", "loss"]
-    print(f"scheme {report['scheme']}: {report['total_optimizer_steps']} optimizer steps, "
-          f"{report['train_seconds']} s training, average CR {report['average_compression_ratio']}, "
-          f"{report['failed_samples']} failed samples")
+    print(
+        f"scheme {report['scheme']}: {report['total_optimizer_steps']} optimizer steps, "
+        f"{report['train_seconds']} s training, average CR {report['average_compression_ratio']}, "
+        f"{report['failed_samples']} failed samples"
+    )
     print(format_table([[r[c] for c in cols] for r in report["stages"]], heads))
 
 
@@ -276,16 +307,32 @@ def add_lora(model, lora):
     except ImportError:
         raise ValueError("lora.r > 0 needs peft: pip install 'llavolta[lora]'") from None
     towers = {n for n, p in model.named_parameters() if p.requires_grad and "_tower" in n}
-    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                             target_modules=LORA_TARGETS, modules_to_save=["multi_modal_projector"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=LORA_TARGETS,
+            modules_to_save=["multi_modal_projector"],
+        ),
+    )
     for name, param in model.named_parameters():  # keep towers trainable if the config asked for it
         if any(name.endswith(t) for t in towers):
             param.requires_grad_(True)
     return model
 
 
-def run_training(config, model, tokenizer, train_dataset, data_collator, sampler_factory=None,
-                 resume: str | None = None, callbacks=()) -> dict:
+def run_training(
+    config,
+    model,
+    tokenizer,
+    train_dataset,
+    data_collator,
+    sampler_factory=None,
+    resume: str | None = None,
+    callbacks=(),
+) -> dict:
     """Train `model` per `config` (a TrainConfig) and its scheme; save it, write and print the run report."""
     from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -304,20 +351,40 @@ def run_training(config, model, tokenizer, train_dataset, data_collator, sampler
     os.makedirs(config.output_dir, exist_ok=True)
     o = config.optim
     args = TrainingArguments(
-        output_dir=config.output_dir, per_device_train_batch_size=o.per_device_batch_size,
-        gradient_accumulation_steps=o.grad_accum, learning_rate=config.learning_rate, weight_decay=o.weight_decay,
-        warmup_steps=o.warmup_ratio, lr_scheduler_type=o.scheduler, num_train_epochs=o.epochs,
-        max_steps=o.max_steps, max_grad_norm=o.max_grad_norm, logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit, bf16=config.precision == "bf16",
-        gradient_checkpointing=config.gradient_checkpointing, deepspeed=config.deepspeed_config(),
-        seed=config.seed, report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=config.data.num_workers, use_cpu=not torch.cuda.is_available(),
+        output_dir=config.output_dir,
+        per_device_train_batch_size=o.per_device_batch_size,
+        gradient_accumulation_steps=o.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_ratio,
+        lr_scheduler_type=o.scheduler,
+        num_train_epochs=o.epochs,
+        max_steps=o.max_steps,
+        max_grad_norm=o.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        bf16=config.precision == "bf16",
+        gradient_checkpointing=config.gradient_checkpointing,
+        deepspeed=config.deepspeed_config(),
+        seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=config.data.num_workers,
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = StagedTrainer(
-        model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
-        processing_class=tokenizer, scheme=scheme, num_layers=num_layers,
-        max_failure_share=config.data.max_failure_share, sampler_factory=sampler_factory, callbacks=list(callbacks),
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        processing_class=tokenizer,
+        scheme=scheme,
+        num_layers=num_layers,
+        max_failure_share=config.data.max_failure_share,
+        sampler_factory=sampler_factory,
+        callbacks=list(callbacks),
         zero_stage=config.zero_stage(),
     )
     if resume == "auto":

@@ -1,9 +1,10 @@
 """The LLaVolta command line: every job of the toolkit is a command, with the options of its `python -m` form.
 
-    llavolta quickstart                                   # synthetic data to a table of two trained schemes
-    llavolta train configs/video/finetune.yaml scheme=two
-    llavolta <command> --help                             # a command's options
+llavolta quickstart                                   # synthetic data to a table of two trained schemes
+llavolta train configs/video/finetune.yaml scheme=two
+llavolta <command> --help                             # a command's options
 """
+
 from __future__ import annotations
 
 import importlib
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_parser(name, help=entry.help)
             continue
         command = entry.load()
-        argv = [name, *configure(sub.add_parser(name, help=entry.help, description=command.description), command,
-                                 argv[1:])]
+        argv = [
+            name,
+            *configure(sub.add_parser(name, help=entry.help, description=command.description), command, argv[1:]),
+        ]
     return run_parsed(parser.parse_job_args(argv))

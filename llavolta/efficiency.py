@@ -3,6 +3,7 @@
 The same options as `python -m image_llavolta.efficiency`, which knows the LLaVA family only (the image package
 never imports the video one); this command passes every family of `video_llavolta.families.FAMILIES`.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ The heads used here are thrown away; only the tower's weights are kept.
 The tower sees one frame at a time, so a batch is frames drawn from many videos, not whole videos: a video's frames
 show the same objects, so 128 frames from 128 videos show eight times as many objects as 8 frames each from 16.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,9 @@ from tqdm import tqdm
 
 from data_prep.synthetic import COLOURS, SHAPES, patch_labels
 from image_llavolta.jsonio import read_jsonl
-
+from video_llavolta.configs import num_frames
 from video_llavolta.frames import frame_dir_name, read_frames
 from video_llavolta.inputs import load_video
-from video_llavolta.configs import num_frames
 
 TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1}  # classes per target, background included
 
@@ -42,12 +42,19 @@ class TowerPretrainConfig:
     min_cover: float = 0.2  # share of a patch an object must cover to label it
     seed: int = 0
 
-    def validate(self) -> "TowerPretrainConfig":
+    def validate(self) -> TowerPretrainConfig:
         """Check the settings; returns self."""
-        if (self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.min_cover <= 1
-                or not 0 < self.decay_share <= 1):
-            raise ValueError("tower pretraining: steps and batch_size >= 1, lr > 0, 0 < min_cover <= 1, "
-                             f"0 < decay_share <= 1; got {self}")
+        if (
+            self.steps < 1
+            or self.batch_size < 1
+            or self.lr <= 0
+            or not 0 < self.min_cover <= 1
+            or not 0 < self.decay_share <= 1
+        ):
+            raise ValueError(
+                "tower pretraining: steps and batch_size >= 1, lr > 0, 0 < min_cover <= 1, "
+                f"0 < decay_share <= 1; got {self}"
+            )
         return self
 
 
@@ -82,8 +89,9 @@ def lr_factor(step: int, config: TowerPretrainConfig) -> float:
     return min(1.0, (step + 1) / warmup, (config.steps - step) / decay)
 
 
-def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: TowerPretrainConfig,
-                         progress: bool = True) -> dict:
+def pretrain_video_tower(
+    model, pixels: torch.Tensor, labels: dict, config: TowerPretrainConfig, progress: bool = True
+) -> dict:
     """Train the model's video tower in place on per-patch labels; returns a report (the image tower is untouched)."""
     config.validate()
     generator = torch.Generator().manual_seed(config.seed)
@@ -104,8 +112,9 @@ def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: Towe
     for _ in tqdm(range(config.steps), desc="tower pretraining", unit="step", disable=not progress):
         batch = torch.randint(0, len(frames), (config.batch_size,), generator=generator)
         features = patch_features(model, frames[batch])
-        loss = sum(F.cross_entropy(heads[name](features).flatten(0, 1), targets[name][batch].flatten())
-                   for name in TARGETS)
+        loss = sum(
+            F.cross_entropy(heads[name](features).flatten(0, 1), targets[name][batch].flatten()) for name in TARGETS
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -116,9 +125,15 @@ def pretrain_video_tower(model, pixels: torch.Tensor, labels: dict, config: Towe
         sample = torch.arange(min(len(frames), config.batch_size))
         features = patch_features(model, frames[sample])
         on_object = targets["colour"][sample] > 0
-        accuracy = {name: (heads[name](features).argmax(-1) == targets[name][sample])[on_object].float().mean().item()
-                    for name in TARGETS}
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"settings": asdict(config), "seconds": round(time.perf_counter() - started, 1),
-            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
-            "train_object_patch_accuracy": {k: round(v, 4) for k, v in accuracy.items()}}
+        accuracy = {
+            name: (heads[name](features).argmax(-1) == targets[name][sample])[on_object].float().mean().item()
+            for name in TARGETS
+        }
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "settings": asdict(config),
+        "seconds": round(time.perf_counter() - started, 1),
+        "first_loss": round(losses[0], 4),
+        "final_loss": round(sum(tail) / len(tail), 4),
+        "train_object_patch_accuracy": {k: round(v, 4) for k, v in accuracy.items()},
+    }

@@ -4,6 +4,7 @@ The run config's model family (`model.family`, by default its checkpoint's `mode
 `image_llavolta.train_config`) picks the trainer: `llava` trains as `python -m image_llavolta.train`,
 `video_llava` as `python -m video_llavolta.train`, with the same options.
 """
+
 from __future__ import annotations
 
 import argparse

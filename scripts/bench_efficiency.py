@@ -5,6 +5,7 @@ hidden 64), plus the analytic TFLOPs of the real LLaVA-1.5-7B shape against the 
 those of `llavolta efficiency` (every model family; see `python -m image_llavolta.efficiency --help`), e.g.
 `--checkpoint /models/llava-1.5-7b-hf --dtype bfloat16 --out runs/efficiency.json`.
 """
+
 from __future__ import annotations
 
 import sys

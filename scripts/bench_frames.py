@@ -108,9 +108,10 @@ def main() -> None:
             sources[n, "decord"] = sources[n, "pyav"] = path
             for fmt in ("jpg", "npy"):
                 sources[n, f"frames-{fmt}"] = write_frame_dir(os.path.join(root, f"clip_{n}_{fmt}"), sampled, fmt=fmt)
-            print(f"clip {n:5d} frames: {os.path.getsize(path) / 1e6:6.2f} MB, written in {time.perf_counter() - start:5.1f} s")
+            size, seconds = os.path.getsize(path) / 1e6, time.perf_counter() - start
+            print(f"clip {n:5d} frames: {size:6.2f} MB, written in {seconds:5.1f} s")
 
-        for (n, reader), path in sources.items():  # warm-up: imports, page cache
+        for (_, reader), path in sources.items():  # warm-up: imports, page cache
             read_frames(path, args.frames, backend=reader.split("-")[0])
         times = {key: [] for key in sources}
         for _ in range(args.rounds):
@@ -119,8 +120,10 @@ def main() -> None:
                 read_frames(path, args.frames, backend=reader.split("-")[0])
                 times[n, reader].append(time.perf_counter() - start)
 
-        print(f"\n{args.frames} frames per clip, median of {args.rounds} interleaved rounds "
-              f"({HEIGHT}x{WIDTH} libx264, {FPS} fps; decord num_threads=1, PyAV default threading)")
+        print(
+            f"\n{args.frames} frames per clip, median of {args.rounds} interleaved rounds "
+            f"({HEIGHT}x{WIDTH} libx264, {FPS} fps; decord num_threads=1, PyAV default threading)"
+        )
         print(f"{'clip':>6} {'reader':>11} {'ms/clip':>9} {'frames/s':>9} {'time / decord':>14}")
         for n in args.sizes:
             base = statistics.median(times[n, "decord"])
@@ -129,15 +132,19 @@ def main() -> None:
                 print(f"{n:6d} {reader:>11} {t * 1e3:9.2f} {args.frames / t:9.0f} {t / base:13.2f}x")
 
         print("\ndecord seeks instead of decoding the whole clip:")
-        print(f"{'clip':>6} {'keyframes':>9} {'decoded: decord (est.)':>23} {'pyav':>6} "
-              f"{'decord 8 frames':>16} {'decord all frames':>18}")
+        print(
+            f"{'clip':>6} {'keyframes':>9} {'decoded: decord (est.)':>23} {'pyav':>6} "
+            f"{'decord 8 frames':>16} {'decord all frames':>18}"
+        )
         for n in args.sizes:
             path = sources[n, "decord"]
             keys = keyframes(path)
             indices = sample_indices(n, args.frames)
             all_s = decord_decode_all(path)
-            print(f"{n:6d} {len(keys):9d} {frames_decoded_by_seeking(indices, keys):23d} {max(indices) + 1:6d} "
-                  f"{statistics.median(times[n, 'decord']) * 1e3:13.1f} ms {all_s * 1e3:15.1f} ms")
+            print(
+                f"{n:6d} {len(keys):9d} {frames_decoded_by_seeking(indices, keys):23d} {max(indices) + 1:6d} "
+                f"{statistics.median(times[n, 'decord']) * 1e3:13.1f} ms {all_s * 1e3:15.1f} ms"
+            )
 
 
 if __name__ == "__main__":

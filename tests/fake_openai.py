@@ -11,6 +11,7 @@ No marker: reply `{"pred": "yes", "score": 4}`. Every request is recorded (time,
 temperature, Authorization header, and the openai client's `x-stainless-retry-count`: 0 for a first attempt, n for
 its n-th retry of the same request); every reply sent is appended to `log_path` as a JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ DEFAULT_REPLY = '{"pred": "yes", "score": 4}'
 class FakeOpenAI:
     """The server; `requests` lists what it received, `replies` what it answered with a 200."""
 
-    def __init__(self, script: dict | None = None, port: int = 0, log_path: str | None = None,
-                 die_after: int | None = None):
+    def __init__(
+        self, script: dict | None = None, port: int = 0, log_path: str | None = None, die_after: int | None = None
+    ):
         self.script, self.log_path, self.die_after = script or {}, log_path, die_after
         self.requests: list[dict] = []
         self.replies: list[dict] = []
@@ -84,10 +86,17 @@ class FakeOpenAI:
                 user = "\n".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
                 marker, step = fake._step(user)
                 with fake._lock:  # replies are sent under this lock too, so a death never cuts one in half
-                    fake.requests.append({"time": time.monotonic(), "marker": marker, "user": user,
-                                          "model": body.get("model"), "temperature": body.get("temperature"),
-                                          "auth": self.headers.get("Authorization"),
-                                          "retry_count": self.headers.get("x-stainless-retry-count")})
+                    fake.requests.append(
+                        {
+                            "time": time.monotonic(),
+                            "marker": marker,
+                            "user": user,
+                            "model": body.get("model"),
+                            "temperature": body.get("temperature"),
+                            "auth": self.headers.get("Authorization"),
+                            "retry_count": self.headers.get("x-stainless-retry-count"),
+                        }
+                    )
                     received = len(fake.requests)
                     if fake.die_after is not None and received > fake.die_after:
                         os._exit(1)  # killed mid-run: this request gets no answer
@@ -96,13 +105,25 @@ class FakeOpenAI:
                 if "hang" in step:
                     time.sleep(step["hang"])
                 if "status" in step:
-                    return self._send(step["status"], {"error": {"message": f"scripted {step['status']}",
-                                                                 "type": "scripted"}}, step.get("headers", {}))
-                reply = {"id": f"chatcmpl-{received}", "object": "chat.completion", "created": int(time.time()),
-                         "model": f"{body.get('model')}-served",
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": step["reply"]}}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    return self._send(
+                        step["status"],
+                        {"error": {"message": f"scripted {step['status']}", "type": "scripted"}},
+                        step.get("headers", {}),
+                    )
+                reply = {
+                    "id": f"chatcmpl-{received}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": f"{body.get('model')}-served",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": step["reply"]},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
                 with fake._lock:
                     if self._send(200, reply):
                         fake.replies.append({"user": user, "reply": step["reply"]})

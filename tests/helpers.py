@@ -1,5 +1,6 @@
 """Small helpers several test files share: JSONL files written and read plainly, a stand-in for a kill, and the
 `llavolta` console script run as a user runs it."""
+
 from __future__ import annotations
 
 import json

@@ -76,6 +76,10 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def cli_popen(*args: str, **kwargs) -> subprocess.Popen:
     """Start `python -m data_prep ARGS` in its own process group (so a test can kill it with its workers)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "data_prep", *map(str, args)], cwd=REPO, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs,
+        [sys.executable, "-m", "data_prep", *map(str, args)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **kwargs,
     )

@@ -1,4 +1,5 @@
 """The rules import-linter cannot state: the core names no model family, and finds adapters it never imports."""
+
 import ast
 import pathlib
 import subprocess
@@ -22,9 +23,16 @@ def imported_modules(path: pathlib.Path) -> set[str]:
 
 
 def test_the_compressor_core_imports_no_model_family():
-    families = {f: sorted(m for m in imported_modules(f) if m.startswith("transformers.models")
-                          or m.endswith("ForConditionalGeneration") or m.endswith("ForCausalLM"))
-                for f in CORE.glob("*.py")}
+    families = {
+        f: sorted(
+            m
+            for m in imported_modules(f)
+            if m.startswith("transformers.models")
+            or m.endswith("ForConditionalGeneration")
+            or m.endswith("ForCausalLM")
+        )
+        for f in CORE.glob("*.py")
+    }
     assert {f.name: found for f, found in families.items() if found} == {}
 
 

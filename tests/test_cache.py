@@ -3,6 +3,7 @@
 Each operation is checked against an independent expectation: a fresh prefill of the rows it should leave
 (batch selection, repetition, beam reordering), or the logits the prefill itself gave (a crop into its text).
 """
+
 import pytest
 import torch
 from test_compressed_forward import llava_inputs
@@ -32,9 +33,14 @@ def prefill(m, rows):
 def step(m, cache, mask):
     """One decode step of TOKEN for every row: its last logits, with generate's positions (from the mask)."""
     mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=torch.long)], 1)
-    position = (mask.sum(1, keepdim=True) - 1)
-    out = m(input_ids=torch.full((mask.shape[0], 1), TOKEN), attention_mask=mask, position_ids=position,
-            past_key_values=cache, use_cache=True)
+    position = mask.sum(1, keepdim=True) - 1
+    out = m(
+        input_ids=torch.full((mask.shape[0], 1), TOKEN),
+        attention_mask=mask,
+        position_ids=position,
+        past_key_values=cache,
+        use_cache=True,
+    )
     return out.logits[:, -1], mask
 
 
@@ -51,11 +57,14 @@ def test_a_compressed_prefill_returns_a_cache_that_owns_its_state():
     assert type(given) is DynamicCache and given.get_seq_length() == 0 and isinstance(again, CompressedCache)
 
 
-@pytest.mark.parametrize("operation,rows", [
-    ("batch_select_indices", [2, 0]),
-    ("reorder_cache", [3, 3, 1, 0]),
-    ("batch_repeat_interleave", [0, 0, 1, 1, 2, 2, 3, 3]),
-])
+@pytest.mark.parametrize(
+    "operation,rows",
+    [
+        ("batch_select_indices", [2, 0]),
+        ("reorder_cache", [3, 3, 1, 0]),
+        ("batch_repeat_interleave", [0, 0, 1, 1, 2, 2, 3, 3]),
+    ],
+)
 @torch.no_grad()
 def test_batch_operations_equal_a_fresh_prefill_of_the_rows_they_leave(operation, rows):
     m = model()
@@ -89,15 +98,22 @@ def test_crops_of_decoded_tokens_and_of_the_prefills_trailing_text():
     last_two = llava_inputs("left")[1]["input_ids"][:, -2:]
     cache.crop(-2)
     assert cache.prefill.full_length == mask.shape[1] - 2
-    again = m(input_ids=last_two, attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 2 + torch.arange(2),
-              past_key_values=cache, use_cache=True)
+    again = m(
+        input_ids=last_two,
+        attention_mask=mask,
+        position_ids=mask.sum(1, keepdim=True) - 2 + torch.arange(2),
+        past_key_values=cache,
+        use_cache=True,
+    )
     torch.testing.assert_close(again.logits[:, -1], fresh.logits[:, -1], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="past its last .* text tokens into pooled visual tokens"):
         cache.crop(-(cache.decoded + int(cache.prefill.text_tail.min()) + 1))
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_beams=3), dict(num_beams=3, num_return_sequences=2),
-                                    dict(do_sample=True, num_return_sequences=2)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_beams=3), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=2)],
+)
 @torch.no_grad()
 def test_beam_search_and_returned_sequences_with_the_cache_equal_recomputing(kwargs):
     m = model()

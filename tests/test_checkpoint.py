@@ -1,4 +1,5 @@
 """The compression spec travels with save_pretrained checkpoints and is restored by the loader."""
+
 import json
 
 import pytest
@@ -8,8 +9,8 @@ from tiny_models import tiny_video_llava
 from transformers import VideoLlavaForConditionalGeneration
 
 from image_llavolta.checkpoint import default_attn_implementation
-from video_llavolta.checkpoint import load_pretrained
 from image_llavolta.compression import CompressionSpec, enable_compression
+from video_llavolta.checkpoint import load_pretrained
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
 """The `llavolta` command line: every job as a subcommand with its `python -m` form's options, one error style."""
+
 import importlib
 import json
 import re
@@ -6,23 +7,41 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, llavolta
+
 from image_llavolta.commands import Job, Jobs, command_main, main_for
 from llavolta import cli
 
 # The issue's list of jobs, written out here so that a command missing from the registry fails the test.
-JOBS = ["extract-frames", "convert-qa", "validate", "make-synthetic", "convert", "train", "infer", "merge", "judge",
-        "evaluate", "probe", "efficiency", "quickstart"]
+JOBS = [
+    "extract-frames",
+    "convert-qa",
+    "validate",
+    "make-synthetic",
+    "convert",
+    "train",
+    "infer",
+    "merge",
+    "judge",
+    "evaluate",
+    "probe",
+    "efficiency",
+    "quickstart",
+]
 # Each command and the `python -m` form(s) it must equal: (module, leading arguments).
 PYTHON_M = {
-    "extract-frames": [("data_prep", ["extract-frames"])], "convert-qa": [("data_prep", ["convert-qa"])],
-    "validate": [("data_prep", ["validate"])], "make-synthetic": [("data_prep", ["make-synthetic"])],
+    "extract-frames": [("data_prep", ["extract-frames"])],
+    "convert-qa": [("data_prep", ["convert-qa"])],
+    "validate": [("data_prep", ["validate"])],
+    "make-synthetic": [("data_prep", ["make-synthetic"])],
     "convert": [("video_llavolta.convert", [])],
     "train": [("image_llavolta.train", []), ("video_llavolta.train", [])],
-    "infer": [("video_llavolta.qa_inference", [])], "merge": [("video_llavolta.qa_inference", ["merge"])],
-    "judge": [("video_llavolta.judge", [])], "evaluate": [("image_llavolta.evaluate", [])],
-    "probe": [("video_llavolta.probe", [])], "efficiency": [("image_llavolta.efficiency", [])],
+    "infer": [("video_llavolta.qa_inference", [])],
+    "merge": [("video_llavolta.qa_inference", ["merge"])],
+    "judge": [("video_llavolta.judge", [])],
+    "evaluate": [("image_llavolta.evaluate", [])],
+    "probe": [("video_llavolta.probe", [])],
+    "efficiency": [("image_llavolta.efficiency", [])],
     "quickstart": [("llavolta.quickstart", [])],
 }
 
@@ -44,7 +63,7 @@ def usage(text: str, prog: str) -> str:
     """The usage paragraph without its program name, whitespace collapsed (argparse wraps it by the name's length)."""
     paragraph = text.split("\n\n", 1)[0]
     assert paragraph.startswith(f"usage: {prog} "), paragraph
-    return " ".join(paragraph[len(f"usage: {prog} "):].split())
+    return " ".join(paragraph[len(f"usage: {prog} ") :].split())
 
 
 def test_the_registry_has_every_job():
@@ -66,53 +85,89 @@ def test_help_and_version_through_the_console_script():
     listed = re.findall(r"^ {4}([a-z-]+)", shown.stdout.split("\ncommands:\n")[1], re.M)
     assert listed == JOBS
     assert llavolta("--version").stdout.startswith("llavolta ")
-    module_form = subprocess.run([sys.executable, "-m", "llavolta", "--help"], cwd=REPO, capture_output=True,
-                                 text=True)
+    module_form = subprocess.run([sys.executable, "-m", "llavolta", "--help"], cwd=REPO, capture_output=True, text=True)
     assert module_form.stdout == shown.stdout
 
 
 def test_help_and_data_jobs_load_no_torch():
-    code = ("import sys, contextlib, io\nfrom llavolta.cli import main\n"
-            "for argv in (['--help'], ['make-synthetic', '--help'], ['extract-frames', '--help']):\n"
-            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-            "        main(argv)\n"
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, contextlib, io\nfrom llavolta.cli import main\n"
+        "for argv in (['--help'], ['make-synthetic', '--help'], ['extract-frames', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_data_jobs_end_to_end_through_the_console_script(tmp_path):
-    made = llavolta("make-synthetic", "--out", tmp_path / "synthetic", "--num-train", 3, "--num-test", 1,
-                    "--seed", 5)
+    made = llavolta("make-synthetic", "--out", tmp_path / "synthetic", "--num-train", 3, "--num-test", 1, "--seed", 5)
     assert made.returncode == 0, made.stderr
     assert re.search(r"^train videos +3$", made.stdout, re.M)  # the summary table
-    reference = subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", tmp_path / "ref",
-                                "--num-train", "3", "--num-test", "1", "--seed", "5"], cwd=REPO, capture_output=True)
+    reference = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep",
+            "make-synthetic",
+            "--out",
+            tmp_path / "ref",
+            "--num-train",
+            "3",
+            "--num-test",
+            "1",
+            "--seed",
+            "5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+    )
     assert reference.returncode == 0
     for name in ("train.json", "test_qa.jsonl", "metadata.jsonl"):  # the same job as the python -m form
         assert (tmp_path / "synthetic" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
 
-    frames = llavolta("extract-frames", tmp_path / "synthetic" / "videos", "--out", tmp_path / "frames",
-                      "--format", "npy", "--num-frames", 4)
+    frames = llavolta(
+        "extract-frames",
+        tmp_path / "synthetic" / "videos",
+        "--out",
+        tmp_path / "frames",
+        "--format",
+        "npy",
+        "--num-frames",
+        4,
+    )
     assert frames.returncode == 0, frames.stderr
     manifest = [json.loads(line) for line in (tmp_path / "frames" / "manifest.jsonl").read_text().splitlines()]
     assert sorted(m["video_id"] for m in manifest) == ["test_00000", "train_00000", "train_00001", "train_00002"]
     for video in manifest:
         assert len(list((tmp_path / "frames" / video["video_id"]).glob("*.npy"))) == 4
 
-    checked = llavolta("validate", tmp_path / "synthetic" / "train.json", "--video-root",
-                       tmp_path / "synthetic" / "videos", "--frames-root", tmp_path / "frames")
+    checked = llavolta(
+        "validate",
+        tmp_path / "synthetic" / "train.json",
+        "--video-root",
+        tmp_path / "synthetic" / "videos",
+        "--frames-root",
+        tmp_path / "frames",
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-@pytest.mark.parametrize("args, prog, names", [
-    (["validate", "{tmp}/nope.json"], "llavolta validate", "nope.json"),  # the job's own error
-    (["train", "{tmp}/nope.yaml"], "llavolta train", "nope.yaml"),
-    (["extract-frames", "--out", "{tmp}/o"], "llavolta extract-frames", "source"),  # argparse's
-    (["evaluate", "score", "--benchmark", "b", "--data", "d", "--out", "o", "--bogus"], "llavolta evaluate score",
-     "unrecognized arguments: --bogus"),
-    (["trian"], "llavolta", "'trian'"),
-])
+@pytest.mark.parametrize(
+    "args, prog, names",
+    [
+        (["validate", "{tmp}/nope.json"], "llavolta validate", "nope.json"),  # the job's own error
+        (["train", "{tmp}/nope.yaml"], "llavolta train", "nope.yaml"),
+        (["extract-frames", "--out", "{tmp}/o"], "llavolta extract-frames", "source"),  # argparse's
+        (
+            ["evaluate", "score", "--benchmark", "b", "--data", "d", "--out", "o", "--bogus"],
+            "llavolta evaluate score",
+            "unrecognized arguments: --bogus",
+        ),
+        (["trian"], "llavolta", "'trian'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, prog, names, tmp_path):
     done = llavolta(*(a.format(tmp=tmp_path) for a in args))
     assert done.returncode == 2
@@ -123,10 +178,14 @@ def test_bad_input_is_one_line_and_exit_code_2(args, prog, names, tmp_path):
 def write_config(config_path, **model) -> str:
     """A run config whose data files exist, so that it fails on the model section only."""
     folder = config_path.parent
-    (folder / "train.json").write_text(json.dumps([{"id": "t", "conversations": [
-        {"from": "human", "value": "hello ?"}, {"from": "gpt", "value": "hi ."}]}]))
-    config_path.write_text(json.dumps({"output_dir": str(folder / "run"), "model": model,
-                                       "data": {"train": [str(folder / "train.json")]}}))
+    (folder / "train.json").write_text(
+        json.dumps(
+            [{"id": "t", "conversations": [{"from": "human", "value": "hello ?"}, {"from": "gpt", "value": "hi ."}]}]
+        )
+    )
+    config_path.write_text(
+        json.dumps({"output_dir": str(folder / "run"), "model": model, "data": {"train": [str(folder / "train.json")]}})
+    )
     return str(config_path)
 
 
@@ -147,8 +206,9 @@ def test_a_family_must_agree_with_the_checkpoint(tmp_path, capsys):
     tiny_llava_config().save_pretrained(tmp_path / "ckpt")  # a LLaVA checkpoint's config.json
     config = write_config(tmp_path / "run.yaml", path=str(tmp_path / "ckpt"), family="video_llava")
     assert cli.main(["train", config]) == 2
-    assert f"model.family is 'video_llava', but {tmp_path / 'ckpt'} holds a 'llava' checkpoint" in \
-        capsys.readouterr().err
+    assert (
+        f"model.family is 'video_llava', but {tmp_path / 'ckpt'} holds a 'llava' checkpoint" in capsys.readouterr().err
+    )
 
 
 def test_each_trainer_refuses_another_familys_run(tmp_path, capsys):
@@ -184,8 +244,11 @@ def toy_jobs(calls: list) -> Jobs:
         calls.append(("merge", args.parts))
         raise FileNotFoundError("no shard at out.rank0-of-2.jsonl")
 
-    return Jobs("Toy: a run and a merge.", {"run": Job("Run it.", add_run, run),
-                                            "merge": Job("Merge it.", add_merge, merge)}, default="run")
+    return Jobs(
+        "Toy: a run and a merge.",
+        {"run": Job("Run it.", add_run, run), "merge": Job("Merge it.", add_merge, merge)},
+        default="run",
+    )
 
 
 def test_jobs_dispatch_by_their_first_argument_and_default_to_the_default_job(capsys):

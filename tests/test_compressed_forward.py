@@ -1,11 +1,11 @@
 """The compressed forward of LLaVA / Video-LLaVA against stock transformers and an independent reference."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import (FRAMES, IMAGE, pad_batch, pixels, reference_logits, sequence, tiny_llava,
-                         tiny_video_llava)
+from tiny_models import FRAMES, IMAGE, pad_batch, pixels, reference_logits, sequence, tiny_llava, tiny_video_llava
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
 
 from image_llavolta.compression import CompressionSpec, compression_ratio, enable_compression, pooled_length
@@ -35,7 +35,7 @@ def llava_inputs(side):
     pv = pixels(n_images, seed=11)
     per_sample, k = [], 0
     for _, n in LLAVA_BATCH:
-        per_sample.append({"pixel_values": pv[k:k + n]} if n else {})
+        per_sample.append({"pixel_values": pv[k : k + n]} if n else {})
         k += n
     return seqs, dict(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pv), per_sample
 
@@ -49,13 +49,16 @@ def video_inputs(side):
     for _, ni, nv in VIDEO_BATCH:
         d = {}
         if ni:
-            d["pixel_values"] = pi[ki:ki + ni]
+            d["pixel_values"] = pi[ki : ki + ni]
         if nv:
-            d["pixel_values_videos"] = pv[kv:kv + nv]
+            d["pixel_values_videos"] = pv[kv : kv + nv]
         per_sample.append(d)
         ki, kv = ki + ni, kv + nv
-    return seqs, dict(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pi,
-                      pixel_values_videos=pv), per_sample
+    return (
+        seqs,
+        dict(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pi, pixel_values_videos=pv),
+        per_sample,
+    )
 
 
 def valid_rows(logits_b, n, side):
@@ -109,12 +112,19 @@ def test_compressed_pass_with_stride_one_equals_stock_decoder(side):
     stock = model.model(**batch).last_hidden_state
     embeds = model.model.get_input_embeddings()(batch["input_ids"])
     layout = find_segments(batch["input_ids"], {91: 17, IMAGE: 16})
-    out, plan = compressed_decoder_forward(model.model.language_model, embeds, layout, CompressionSpec(2, 1),
-                                           attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    out, plan = compressed_decoder_forward(
+        model.model.language_model,
+        embeds,
+        layout,
+        CompressionSpec(2, 1),
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+    )
     valid = batch["attention_mask"].bool()
     # inputs differ (no visual features scattered in) so compare against a stock decoder on the same embeds
-    stock = model.model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                       position_ids=batch["position_ids"]).last_hidden_state
+    stock = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).last_hidden_state
     assert plan.length == batch["input_ids"].shape[1]
     torch.testing.assert_close(out.last_hidden_state[valid], stock[valid], atol=1e-5, rtol=1e-5)
 
@@ -146,7 +156,8 @@ def test_loss_is_text_only_and_aligned():
         i = 0
         while i < len(s):
             if s[i] != IMAGE:
-                kept.append(i); i += 1
+                kept.append(i)
+                i += 1
                 continue
             for w in range(i, i + 16, 4):
                 kept.append(w + 3)
@@ -246,8 +257,9 @@ def test_per_call_spec_overrides_the_config():
     ids = sequence(5, "video", 3)
     videos = pixels(1, frames=FRAMES)
     per_call = model(input_ids=torch.tensor([ids]), pixel_values_videos=videos, compression=CompressionSpec(1, 8))
-    torch.testing.assert_close(per_call.logits[0], reference_logits(model, ids, 1, 8, pixel_values_videos=videos),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        per_call.logits[0], reference_logits(model, ids, 1, 8, pixel_values_videos=videos), atol=1e-4, rtol=1e-4
+    )
     stock = model(input_ids=torch.tensor([ids]), pixel_values_videos=videos, compression=None)
     assert stock.logits.shape[1] == len(ids) and model.compression_spec == CompressionSpec(2, 4)
     with pytest.raises(ValueError, match="outside"):

@@ -1,24 +1,34 @@
 """vicuna_v1 / llava_v1 prompts, the template a checkpoint records, and placeholder expansion: token counts that
 match the model's vision config."""
+
 import pytest
 import torch
 from test_towers import tiny
 from tiny_models import FRAMES, pixels
 from tiny_tokenizer import word_tokenizer
 
-from image_llavolta.configs import llava15_config, placeholder_tokens as image_placeholders, tiny_llava_config
+from image_llavolta.configs import llava15_config, tiny_llava_config
+from image_llavolta.configs import placeholder_tokens as image_placeholders
 from image_llavolta.conversation import (
-    LLAVA_V1, TEMPLATE_KEY, VICUNA_V1, checkpoint_template, get_template, record_template, resolve_template,
+    LLAVA_V1,
+    TEMPLATE_KEY,
+    VICUNA_V1,
+    checkpoint_template,
+    get_template,
+    record_template,
+    resolve_template,
     tokenize_prompt,
 )
 from video_llavolta.configs import placeholder_tokens, tiny_video_llava_config, video_llava_config
 
 # Video-LLaVA's videollava/conversation.py: conv_vicuna_v1 and conv_llava_v1 differ only in the system message
 # ("user" / "human"); both SeparatorStyle.TWO with sep " ", sep2 "</s>", roles USER / ASSISTANT.
-SYSTEMS = {"vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. "
-                        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-           "llava_v1": "A chat between a curious human and an artificial intelligence assistant. "
-                       "The assistant gives helpful, detailed, and polite answers to the human's questions."}
+SYSTEMS = {
+    "vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "llava_v1": "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+}
 
 
 @pytest.mark.parametrize("name,template", [("vicuna_v1", VICUNA_V1), ("llava_v1", LLAVA_V1)])
@@ -28,8 +38,13 @@ def test_templates_render_as_upstream(name, template):
     assert template.render(["<video>\nWhat colour?"]) == system + " USER: <video>\nWhat colour? ASSISTANT:"
     assert template.render(["hi", "hello", "more?"]) == system + " USER: hi ASSISTANT: hello</s>USER: more? ASSISTANT:"
     assert template.render(["hi", "hello"], add_generation_prompt=False) == system + " USER: hi ASSISTANT: hello</s>"
-    assert template.to_dict() == {"name": name, "system": system, "roles": ["USER", "ASSISTANT"], "sep": " ",
-                                  "sep2": "</s>"}
+    assert template.to_dict() == {
+        "name": name,
+        "system": system,
+        "roles": ["USER", "ASSISTANT"],
+        "sep": " ",
+        "sep2": "</s>",
+    }
     with pytest.raises(ValueError, match="nothing to generate"):
         template.render(["hi", "hello"])
     with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
@@ -71,7 +86,7 @@ def test_prompt_ids_fit_the_model():
     before, after = prompt.split("<video>")
     start = 1 + len(tokenizer(before, add_special_tokens=False)["input_ids"])
     assert ids[1:start] == tokenizer(before, add_special_tokens=False)["input_ids"]
-    assert ids[start + FRAMES * 17:] == tokenizer(after, add_special_tokens=False)["input_ids"]
+    assert ids[start + FRAMES * 17 :] == tokenizer(after, add_special_tokens=False)["input_ids"]
     with torch.no_grad():  # the model accepts exactly this many placeholders
         model(input_ids=torch.tensor([ids]), pixel_values_videos=pixels(1, frames=FRAMES))
         with pytest.raises(ValueError):  # a 4-frame video gives half the features

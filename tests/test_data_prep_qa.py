@@ -110,27 +110,38 @@ def test_nested_and_uppercase_extension_is_found(msvd, tmp_path):
 
 def test_activitynet_prefix(tmp_path):
     # xyz.mkv has no v_ prefix (not an ActivityNet file name); abc.mp4 is a decoy without the prefix
-    qa_dir, videos = source(tmp_path, ["v_abc.mp4", "xyz.mkv", "v_xyz.webm", "abc.mp4"], [
-        {"video_name": "abc", "question_id": "a1", "question": "q1"},
-        {"video_name": "xyz", "question_id": "a2", "question": "q2"},
-        {"video_name": "nope", "question_id": "a3", "question": "q3"},
-    ], [
-        {"question_id": "a3", "answer": "x3"},
-        {"question_id": "a2", "answer": "x2"},
-        {"question_id": "a1", "answer": "x1"},
-    ])
+    qa_dir, videos = source(
+        tmp_path,
+        ["v_abc.mp4", "xyz.mkv", "v_xyz.webm", "abc.mp4"],
+        [
+            {"video_name": "abc", "question_id": "a1", "question": "q1"},
+            {"video_name": "xyz", "question_id": "a2", "question": "q2"},
+            {"video_name": "nope", "question_id": "a3", "question": "q3"},
+        ],
+        [
+            {"question_id": "a3", "answer": "x3"},
+            {"question_id": "a2", "answer": "x2"},
+            {"question_id": "a1", "answer": "x1"},
+        ],
+    )
     assert load_qa_spec("activitynet").video_prefix == "v_"
     result, out_path, _ = convert_qa("activitynet", qa_dir, videos, tmp_path / "out")
     assert [(r["question_id"], r["video"], r["answer"]) for r in read_jsonl(out_path)] == [
-        ("a1", "v_abc.mp4", "x1"), ("a2", "v_xyz.webm", "x2"),
+        ("a1", "v_abc.mp4", "x1"),
+        ("a2", "v_xyz.webm", "x2"),
     ]
     assert [m["question_id"] for m in result.problems["missing_videos"]] == ["a3"]
     assert result.problems["missing_videos"][0]["looked_for"].startswith("v_nope{")
 
 
 def test_custom_spec_extensions(tmp_path):
-    qa_dir, videos = source(tmp_path, ["a.mp4", "a.avi"], [{"video_name": "a", "question_id": 1, "question": "q"}],
-                            [{"question_id": 1, "answer": "x"}], names=("q.json", "a.json"))
+    qa_dir, videos = source(
+        tmp_path,
+        ["a.mp4", "a.avi"],
+        [{"video_name": "a", "question_id": 1, "question": "q"}],
+        [{"question_id": 1, "answer": "x"}],
+        names=("q.json", "a.json"),
+    )
     spec = VideoQASpec("mine", questions_file="q.json", answers_file="a.json", video_extensions=(".avi",))
     result, out_path, _ = convert_qa(spec, qa_dir, videos, tmp_path / "out")
     assert read_jsonl(out_path)[0]["video"] == "a.avi" and result.num_problems == 0
@@ -139,20 +150,42 @@ def test_custom_spec_extensions(tmp_path):
 
 def test_activitynet_upstream_layout_and_question_types(tmp_path):
     """Entries as MILVLG/activitynet-qa's dataset/test_q.json and test_a.json have them (type 3: yes/no)."""
-    qa_dir, videos = source(tmp_path, ["v_1QIUV7WYKXg.mp4", "v_9eniCub7u60.mkv"], [
-        {"video_name": "1QIUV7WYKXg", "question": "is the athlete wearing trousers", "question_id": "v_1QIUV7WYKXg_3"},
-        {"video_name": "9eniCub7u60", "question": "does the girl in black clothes have long hair",
-         "question_id": "v_9eniCub7u60_2"},
-    ], [
-        {"answer": "yes", "type": 3, "question_id": "v_9eniCub7u60_2"},
-        {"answer": "no", "type": 3, "question_id": "v_1QIUV7WYKXg_3"},
-    ])
+    qa_dir, videos = source(
+        tmp_path,
+        ["v_1QIUV7WYKXg.mp4", "v_9eniCub7u60.mkv"],
+        [
+            {
+                "video_name": "1QIUV7WYKXg",
+                "question": "is the athlete wearing trousers",
+                "question_id": "v_1QIUV7WYKXg_3",
+            },
+            {
+                "video_name": "9eniCub7u60",
+                "question": "does the girl in black clothes have long hair",
+                "question_id": "v_9eniCub7u60_2",
+            },
+        ],
+        [
+            {"answer": "yes", "type": 3, "question_id": "v_9eniCub7u60_2"},
+            {"answer": "no", "type": 3, "question_id": "v_1QIUV7WYKXg_3"},
+        ],
+    )
     result, out_path, report_path = convert_qa("activitynet", qa_dir, videos, tmp_path / "out")
     assert read_jsonl(out_path) == [
-        {"question_id": "v_1QIUV7WYKXg_3", "video": "v_1QIUV7WYKXg.mp4", "question": "is the athlete wearing trousers",
-         "answer": "no", "type": "yes_no"},
-        {"question_id": "v_9eniCub7u60_2", "video": "v_9eniCub7u60.mkv",
-         "question": "does the girl in black clothes have long hair", "answer": "yes", "type": "yes_no"},
+        {
+            "question_id": "v_1QIUV7WYKXg_3",
+            "video": "v_1QIUV7WYKXg.mp4",
+            "question": "is the athlete wearing trousers",
+            "answer": "no",
+            "type": "yes_no",
+        },
+        {
+            "question_id": "v_9eniCub7u60_2",
+            "video": "v_9eniCub7u60.mkv",
+            "question": "does the girl in black clothes have long hair",
+            "answer": "yes",
+            "type": "yes_no",
+        },
     ]
     report = read_json(report_path)
     assert result.num_problems == 0 and report["benchmark"] == "activitynet" and report["split"] == "test"
@@ -162,19 +195,28 @@ def test_spec_file_fields_rename_the_source_fields(tmp_path):
     """A spec by path, with other field names, a prefix and an unnamed type value kept as it is."""
     touch(tmp_path / "videos" / "clip-7.avi")
     write_json(tmp_path / "q.json", [{"vid": "7", "qid": 1, "text": "what?"}, {"vid": "7", "qid": 2, "text": "who?"}])
-    write_json(tmp_path / "a.json", [{"qid": 1, "reply": "x", "kind": "k1"}, {"qid": 2, "reply": "y", "kind": 9},
-                                     {"qid": 3, "reply": "z", "kind": True}])
+    write_json(
+        tmp_path / "a.json",
+        [
+            {"qid": 1, "reply": "x", "kind": "k1"},
+            {"qid": 2, "reply": "y", "kind": 9},
+            {"qid": 3, "reply": "z", "kind": True},
+        ],
+    )
     spec = tmp_path / "mine_qa.yaml"
-    spec.write_text("kind: video_qa\nname: mine\nquestions_file: q.json\nanswers_file: a.json\nid_field: qid\n"
-                    "video_field: vid\nquestion_field: text\nanswer_field: reply\ntype_field: kind\n"
-                    "type_names: {k1: first}\nvideo_prefix: clip-\n")
+    spec.write_text(
+        "kind: video_qa\nname: mine\nquestions_file: q.json\nanswers_file: a.json\nid_field: qid\n"
+        "video_field: vid\nquestion_field: text\nanswer_field: reply\ntype_field: kind\n"
+        "type_names: {k1: first}\nvideo_prefix: clip-\n"
+    )
     result, out_path, _ = convert_qa(str(spec), tmp_path, tmp_path / "videos", tmp_path / "out")
     assert read_jsonl(out_path) == [
         {"question_id": 1, "video": "clip-7.avi", "question": "what?", "answer": "x", "type": "first"},
         {"question_id": 2, "video": "clip-7.avi", "question": "who?", "answer": "y", "type": 9},
     ]
     assert result.problems["malformed_answers"] == [
-        {"index": 2, "question_id": 3, "reason": "field 'kind' is bool, expected int or str"}]
+        {"index": 2, "question_id": 3, "reason": "field 'kind' is bool, expected int or str"}
+    ]
 
 
 def test_malformed_answers_are_reported(tmp_path):
@@ -211,8 +253,17 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
     write_json(tmp_path / "test_q.json", {"not": "a list"})
     write_json(tmp_path / "test_a.json", [])
-    args = ["convert-qa", "--benchmark", "msvd", "--qa-dir", str(tmp_path), "--video-root", str(tmp_path / "videos"),
-            "--out", str(tmp_path / "o")]
+    args = [
+        "convert-qa",
+        "--benchmark",
+        "msvd",
+        "--qa-dir",
+        str(tmp_path),
+        "--video-root",
+        str(tmp_path / "videos"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "test_q.json" in err and "expected a JSON list" in err
@@ -223,8 +274,17 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 
 def test_unknown_benchmark_lists_the_specs(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
-    args = ["convert-qa", "--benchmark", "msvdqa", "--qa-dir", str(tmp_path), "--video-root", str(tmp_path / "videos"),
-            "--out", str(tmp_path / "o")]
+    args = [
+        "convert-qa",
+        "--benchmark",
+        "msvdqa",
+        "--qa-dir",
+        str(tmp_path),
+        "--video-root",
+        str(tmp_path / "videos"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args) == 2
     assert "no video_qa benchmark named 'msvdqa'" in (err := capsys.readouterr().err)
     assert "known: activitynet, msrvtt, msvd" in err

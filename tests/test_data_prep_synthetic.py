@@ -23,8 +23,22 @@ WORDS = {1: "one", 2: "two", 3: "three"}
 
 def make(out, seed=0, workers=1, num_train=NUM_TRAIN, num_test=NUM_TEST, *extra) -> int:
     """Run the make-synthetic CLI in-process."""
-    return main(["make-synthetic", "--out", str(out), "--num-train", str(num_train), "--num-test", str(num_test),
-                 "--seed", str(seed), "--workers", str(workers), *extra])
+    return main(
+        [
+            "make-synthetic",
+            "--out",
+            str(out),
+            "--num-train",
+            str(num_train),
+            "--num-test",
+            str(num_test),
+            "--seed",
+            str(seed),
+            "--workers",
+            str(workers),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +209,10 @@ def test_descriptions_are_colour_first_at_the_configured_share():
     objects = make_video(0, "train", 0)["objects"]
     rng = np.random.default_rng(0)
     draws = [describe(objects, rng) for _ in range(2000)]
-    assert all(sorted(described_objects(d)) == sorted((o["colour"], o["shape"], o["direction"]) for o in objects)
-               for d in draws)
+    assert all(
+        sorted(described_objects(d)) == sorted((o["colour"], o["shape"], o["direction"]) for o in objects)
+        for d in draws
+    )
     share = sum(d.startswith("a ") for d in draws) / len(draws)
     sd = (COLOUR_FIRST_SHARE * (1 - COLOUR_FIRST_SHARE) / len(draws)) ** 0.5
     assert abs(share - COLOUR_FIRST_SHARE) < 4 * sd
@@ -218,7 +234,7 @@ def test_answers_match_metadata(data):
     metas = {m["video"]: m for m in read_jsonl(data / "metadata.jsonl")}
     questions = questions_in_files(data)
     assert len(questions) > 3 * (NUM_TRAIN + NUM_TEST)
-    for video, qtype, question, answer in questions:
+    for video, _, question, answer in questions:
         assert re.fullmatch(r"[a-z]+", answer), answer  # one lowercase word
         expected, _ = expected_answer(question, metas[video])
         assert answer == expected, (video, question)

@@ -28,7 +28,10 @@ def media(tmp_path):
     return MediaRoots(str(tmp_path / "img"), str(tmp_path / "vid"), str(tmp_path / "frames"))
 
 
-def codes(record, roots=MediaRoots()) -> list[str]:
+NO_ROOTS = MediaRoots()
+
+
+def codes(record, roots=NO_ROOTS) -> list[str]:
     """The reason codes a single record gets."""
     return [r["code"] for r in check_record(record, roots)]
 
@@ -59,8 +62,10 @@ def test_good_records(media):
         ({"id": "x", "conversations": turns("q")[:1] * 2 + turns("q", "a")[1:]}, ["role_order"]),  # human twice
         ({"id": "x", "conversations": turns("q", "  \n")}, ["empty_value"]),
         ({"id": "x", "conversations": turns("<video>\nq", "a")}, ["placeholder_without_media"]),
-        ({"id": "x", "image": "a.jpg", "conversations": turns("<video>\nq", "a")},
-         ["placeholder_count", "placeholder_without_media"]),
+        (
+            {"id": "x", "image": "a.jpg", "conversations": turns("<video>\nq", "a")},
+            ["placeholder_count", "placeholder_without_media"],
+        ),
         ({"id": "x", "video": "v.mp4", "conversations": turns("q", "a")}, ["placeholder_count"]),
         ({"id": "x", "video": "v.mp4", "conversations": turns("<video>\n<video>\nq", "a")}, ["placeholder_count"]),
         ({"id": "x", "image": ["a.jpg", "b.jpg"], "conversations": turns("<image>\nq", "a")}, ["placeholder_count"]),
@@ -86,7 +91,10 @@ def test_duplicate_ids_flag_every_copy():
     records = [{"id": i, "conversations": turns("q", "a")} for i in ["a", "b", "a", 7, "7"]]
     result = validate_records(records)
     assert [(b["index"], [r["code"] for r in b["reasons"]]) for b in result.bad] == [
-        (0, ["duplicate_id"]), (2, ["duplicate_id"]), (3, ["duplicate_id"]), (4, ["duplicate_id"]),
+        (0, ["duplicate_id"]),
+        (2, ["duplicate_id"]),
+        (3, ["duplicate_id"]),
+        (4, ["duplicate_id"]),
     ]
     assert "records [0, 2]" in result.bad[0]["reasons"][0]["detail"]
 
@@ -104,8 +112,15 @@ def test_cli_summary_bad_out_and_exit_codes(tmp_path, media, capsys):
     assert main(args) == 1
     out = capsys.readouterr().out
     table = dict(line.split() for line in out.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert table == {"records": "4", "ok": "1", "bad": "3", "missing_media": "2", "role_order": "1",
-                     "empty_value": "1", "placeholder_count": "1"}
+    assert table == {
+        "records": "4",
+        "ok": "1",
+        "bad": "3",
+        "missing_media": "2",
+        "role_order": "1",
+        "empty_value": "1",
+        "placeholder_count": "1",
+    }
     bad = read_jsonl(bad_out)
     assert [b["id"] for b in bad] == ["gone", "order", "both"]
     assert [r["code"] for r in bad[2]["reasons"]] == ["empty_value", "placeholder_count", "missing_media"]

@@ -1,4 +1,5 @@
 """The efficiency report: token accounting and CR by hand, FLOPs cross-checked against DeepSpeed, JSON and table."""
+
 import json
 import math
 import runpy
@@ -12,7 +13,11 @@ from transformers import LlavaForConditionalGeneration, VideoLlavaForConditional
 from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.efficiency.flops import paper_7b_flops
 from image_llavolta.efficiency.measure import (
-    _cpu_peak_bytes, decode_tokens_per_second, paired_speedup, prefill, timing_rounds,
+    _cpu_peak_bytes,
+    decode_tokens_per_second,
+    paired_speedup,
+    prefill,
+    timing_rounds,
 )
 from image_llavolta.efficiency.report import efficiency_report, main
 from image_llavolta.family import LLAVA
@@ -34,8 +39,12 @@ def llava_batch():
 
 def video_batch():
     ids, mask, _ = pad_batch(VIDEO_SEQS, "left")
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels(1, seed=12),
-            "pixel_values_videos": pixels(2, FRAMES, seed=13)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixels(1, seed=12),
+        "pixel_values_videos": pixels(2, FRAMES, seed=13),
+    }
 
 
 @torch.no_grad()
@@ -67,7 +76,12 @@ def test_paper_table5_tokens_and_cr():
     report = efficiency_report(LLAVA, model, inputs, settings, repeats=0, profile=False)
     rows = report["rows"]
     assert [r["tokens_over_layers"] for r in rows] == [
-        32 * 576, 2 * 576 + 30 * 72, 2 * 576 + 30 * 288, 16 * 576 + 16 * 72, 16 * 576 + 16 * 288]
+        32 * 576,
+        2 * 576 + 30 * 72,
+        2 * 576 + 30 * 288,
+        16 * 576 + 16 * 72,
+        16 * 576 + 16 * 288,
+    ]
     assert [r["tokens_over_layers"] for r in rows] == [18432, 3312, 9792, 10368, 13824]  # the paper's column
     assert [round(100 * r["compression_ratio"]) for r in rows] == [100, 557, 188, 178, 133]
     check = report["paper_table5"]
@@ -124,10 +138,11 @@ def test_timing_rounds_interleave_every_job_once_per_round():
         def run():
             calls.append(name)
             return {"t": float(len(calls))}  # the call's number: which round a value came from is visible
+
         return run
 
     results = timing_rounds({name: job(name) for name in "abc"}, rounds=4, warmup=2, seed=1)
-    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    rounds = [calls[i : i + 3] for i in range(0, len(calls), 3)]
     assert len(rounds) == 6 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1  # shuffled: not the same order every round
     for name in "abc":  # the values of the last four rounds only
@@ -171,16 +186,45 @@ def test_report_needs_a_compressed_model():
 
 def test_cli_writes_json_and_table(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert main([*TINY, "--specs", "none", "1,4", "2,2", "--text-tokens", "6", "--batch", "2", "--repeats", "2",
-                 "--warmup", "1", "--new-tokens", "3", "--no-profile", "--threads", "1", "--paper-7b",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                *TINY,
+                "--specs",
+                "none",
+                "1,4",
+                "2,2",
+                "--text-tokens",
+                "6",
+                "--batch",
+                "2",
+                "--repeats",
+                "2",
+                "--warmup",
+                "1",
+                "--new-tokens",
+                "3",
+                "--no-profile",
+                "--threads",
+                "1",
+                "--paper-7b",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert [r["setting"] for r in rows] == ["stock", "K=1,S=4", "K=2,S=2"]
     # 28 px / 7 px = 16 tokens per image, two samples; K=1,S=4 → 4 each, K=2,S=2 → 8 each; N = 4
     assert [r["tokens_over_layers"] for r in rows] == [4 * 32, 32 + 3 * 8, 2 * 32 + 2 * 16]
-    assert report["inputs"] == {"batch": 2, "sequence_length": 6 + PATCHES, "visual_tokens_per_sample": [16, 16],
-                                "pixel_values": [2, 3, 28, 28]}
+    assert report["inputs"] == {
+        "batch": 2,
+        "sequence_length": 6 + PATCHES,
+        "visual_tokens_per_sample": [16, 16],
+        "pixel_values": [2, 3, 28, 28],
+    }
     assert report["model"]["family"] == "LLaVA-1.5"
     for r in rows:
         for key in ("ttft_ms", "decode_tokens_per_s", "peak_memory_mb"):
@@ -189,8 +233,23 @@ def test_cli_writes_json_and_table(tmp_path, capsys):
     table = [line.split()[0] for line in printed.splitlines() if line.startswith(("stock ", "K="))]
     assert table == ["stock", "K=1,S=4", "K=2,S=2"]
     header = next(line for line in printed.splitlines() if line.startswith("setting"))
-    assert header.split() == ["setting", "vis", "in", "vis", "out", "#Tokens", "CR", "MFLOPs", "(an.)", "TTFT",
-                              "ms", "dec", "tok/s", "peak", "MB"]
+    assert header.split() == [
+        "setting",
+        "vis",
+        "in",
+        "vis",
+        "out",
+        "#Tokens",
+        "CR",
+        "MFLOPs",
+        "(an.)",
+        "TTFT",
+        "ms",
+        "dec",
+        "tok/s",
+        "peak",
+        "MB",
+    ]
     assert "LLaVA-1.5-7B analytic TFLOPs" in printed
     assert set(report["paper_7b"]["conventions"]) >= {"attention=full, LLM only", "attention=none, LLM only"}
 
@@ -206,8 +265,7 @@ def test_cli_video_needs_the_video_family(tmp_path, capsys):
     assert str(video) in err and "'video_llava'" in err and "`llavolta efficiency`" in err
     # with every family: a tiny Video-LLaVA of 2 frames, 17 tokens each (CLS kept); K=1,S=4 → 5 per frame
     out = tmp_path / "video.json"
-    assert main([*TINY, "--video", "--frames", "2", "--specs", "none", "1,4", *QUICK, "--out", str(out)],
-                FAMILIES) == 0
+    assert main([*TINY, "--video", "--frames", "2", "--specs", "none", "1,4", *QUICK, "--out", str(out)], FAMILIES) == 0
     report = json.loads(out.read_text())
     assert report["model"]["family"] == "Video-LLaVA" and report["inputs"]["pixel_values_videos"] == [1, 2, 3, 28, 28]
     assert [r["tokens_over_layers"] for r in report["rows"]] == [4 * 34, 34 + 3 * 10]
@@ -247,8 +305,27 @@ def test_cli_checkpoint_none_means_stock_even_with_a_stored_spec(tmp_path):
     # the checkpoint's config carries K=1,S=4; 'none' must still measure the stock model, 'from_config' the stored spec
     enable_compression(tiny_llava(), CompressionSpec(1, 4)).save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "report.json"
-    assert main(["--checkpoint", str(tmp_path / "ckpt"), "--specs", "none", "from_config", "--text-tokens", "4",
-                 "--repeats", "0", "--no-profile", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--specs",
+                "none",
+                "from_config",
+                "--text-tokens",
+                "4",
+                "--repeats",
+                "0",
+                "--no-profile",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     stock, stored = report["rows"]
     assert (stock["setting"], stock["visual_tokens_out"], stock["compression_ratio"]) == ("stock", 16, 1.0)

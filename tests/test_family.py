@@ -1,4 +1,5 @@
 """Model families: finding a checkpoint's family, tiny models of the asked shape, synthetic inputs, loading."""
+
 import pytest
 import torch
 from tiny_models import PATCHES, tiny_llava, tiny_video_llava
@@ -17,8 +18,11 @@ def test_family_for_reads_the_model_type_of_a_config_or_a_checkpoint(tmp_path):
     tiny_video_llava().save_pretrained(tmp_path / "video")
     assert family_for(tmp_path / "video") is VIDEO_LLAVA and family_for(str(tmp_path / "video")) is VIDEO_LLAVA
     LlamaConfig(num_hidden_layers=1).save_pretrained(tmp_path / "llama")
-    with pytest.raises(ValueError, match=r"llama: model_type 'llama' is not a family known here \(known: llava, "
-                                         r"video_llava\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"llama: model_type 'llama' is not a family known here \(known: llava, "
+        r"video_llava\)",
+    ):
         family_for(tmp_path / "llama")
     with pytest.raises(FileNotFoundError, match="no checkpoint directory at .*missing"):
         family_for(tmp_path / "missing")
@@ -46,10 +50,13 @@ def test_load_pretrained_takes_the_stored_spec_unless_told(tmp_path):
         assert family.load_pretrained(path, compression=None).compression_spec is None
 
 
-@pytest.mark.parametrize("family, tokens, pixel_key, pixel_shape", [
-    (LLAVA, PATCHES, "pixel_values", (2, 3, 28, 28)),  # one image: 16 patches, CLS dropped
-    (VIDEO_LLAVA, 3 * (PATCHES + 1), "pixel_values_videos", (2, 3, 3, 28, 28)),  # one video of 3 frames, CLS kept
-])
+@pytest.mark.parametrize(
+    "family, tokens, pixel_key, pixel_shape",
+    [
+        (LLAVA, PATCHES, "pixel_values", (2, 3, 28, 28)),  # one image: 16 patches, CLS dropped
+        (VIDEO_LLAVA, 3 * (PATCHES + 1), "pixel_values_videos", (2, 3, 3, 28, 28)),  # one video of 3 frames, CLS kept
+    ],
+)
 def test_synthetic_inputs_have_the_familys_placeholder_layout(family, tokens, pixel_key, pixel_shape):
     options = {"num_frames": 3} if family is VIDEO_LLAVA else {}
     model = family.tiny_model(2, 16, 28, 7, seed=0, **options)
@@ -60,8 +67,8 @@ def test_synthetic_inputs_have_the_familys_placeholder_layout(family, tokens, pi
     assert ids.shape == (2, 7 + tokens) and inputs["attention_mask"].tolist() == torch.ones(2, 7 + tokens).tolist()
     assert set(inputs) == {"input_ids", "attention_mask", pixel_key} and inputs[pixel_key].shape == pixel_shape
     # text 3 ids (7 // 2), the visual block, text 4 ids; text ids are neither placeholders nor pad/BOS/EOS
-    assert (ids[:, 3:3 + tokens] == placeholder).all()
-    text = torch.cat([ids[:, :3], ids[:, 3 + tokens:]], 1)
+    assert (ids[:, 3 : 3 + tokens] == placeholder).all()
+    text = torch.cat([ids[:, :3], ids[:, 3 + tokens :]], 1)
     assert text.min() >= 3 and not torch.isin(text, torch.tensor([config.image_token_id, placeholder])).any()
     assert torch.equal(family.synthetic_inputs(config, batch=2, text_tokens=7, seed=3)["input_ids"], ids)
     with torch.no_grad():  # the stock class takes them as they are

@@ -5,11 +5,23 @@ import torch
 
 from image_llavolta.compression import CompressionStats
 from image_llavolta.efficiency.flops import (
-    compressed_length, decoder_layer_flops, language_model_flops, prefill_flops, projector_flops, vision_tower_flops,
+    compressed_length,
+    decoder_layer_flops,
+    language_model_flops,
+    prefill_flops,
+    projector_flops,
+    vision_tower_flops,
 )
 
-CFG = SimpleNamespace(hidden_size=4, num_attention_heads=2, num_key_value_heads=1, intermediate_size=8,
-                      num_hidden_layers=2, vocab_size=10, head_dim=None)
+CFG = SimpleNamespace(
+    hidden_size=4,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=8,
+    num_hidden_layers=2,
+    vocab_size=10,
+    head_dim=None,
+)
 
 
 def test_layer_flops_by_hand():
@@ -32,8 +44,9 @@ def test_attention_conventions_by_hand():
 
 
 def test_vision_tower_by_hand():
-    vision = SimpleNamespace(hidden_size=2, intermediate_size=4, num_hidden_layers=3, image_size=4, patch_size=2,
-                             num_channels=3)
+    vision = SimpleNamespace(
+        hidden_size=2, intermediate_size=4, num_hidden_layers=3, image_size=4, patch_size=2, num_channels=3
+    )
     # 4 patches + CLS = 5 tokens. Patch conv: 2·4 patches·(3·2·2)·2 = 192 per image.
     # Per layer and image: q,k,v,o 2·5·4·2·2 = 160; QKᵀ+AV 4·25·2 = 200; fc1+fc2 2·5·2·(2·4) = 160 → 520
     assert vision_tower_flops(vision, 1) == 192 + 3 * 520
@@ -46,8 +59,11 @@ def test_vision_tower_by_hand():
 
 
 def test_projector_by_hand():
-    config = SimpleNamespace(vision_config=SimpleNamespace(hidden_size=3), text_config=SimpleNamespace(hidden_size=5),
-                             vision_feature_layer=-2)
+    config = SimpleNamespace(
+        vision_config=SimpleNamespace(hidden_size=3),
+        text_config=SimpleNamespace(hidden_size=5),
+        vision_feature_layer=-2,
+    )
     assert projector_flops(config, 7) == 2 * 7 * (3 * 5 + 5 * 5)
     config.vision_feature_layer = [-2, -5]  # two feature layers concatenated: twice the input width
     assert projector_flops(config, 7) == 2 * 7 * (6 * 5 + 5 * 5)
@@ -58,8 +74,10 @@ def test_language_model_flops_count_the_padded_batch():
     # and 5 - 4 + 2 = 3 tokens, so layer 2 runs on the longest, 3. One CFG layer on t tokens with the full
     # attention matrix: 64t (q,k,v) + 32t (o) + 16t² (QKᵀ, AV) + 192t (MLP); LM head 2·4·10 = 80.
     config = SimpleNamespace(get_text_config=lambda decoder=True: CFG)
-    inputs = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
-              "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    inputs = {
+        "input_ids": torch.zeros(2, 5, dtype=torch.long),
+        "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]),
+    }
     pooled = CompressionStats(2, 1, 2, torch.tensor([2, 4]), torch.tensor([1, 2]))
     assert compressed_length(inputs, pooled) == 3
     assert language_model_flops(config, inputs, pooled) == 2 * (1840 + 1008 + 80)

@@ -11,6 +11,7 @@ import warnings
 import av
 import numpy as np
 import pytest
+from videos import identify, moving_squares, write_empty_video, write_video
 
 from video_llavolta import frames as vf
 from video_llavolta.frames import (
@@ -24,7 +25,6 @@ from video_llavolta.frames import (
     sample_indices,
     write_frame_dir,
 )
-from videos import identify, moving_squares, write_empty_video, write_video
 
 try:
     import decord

@@ -1,4 +1,5 @@
 """generate() with a KV cache on a compressed model: pooled once at prefill, same logits as recomputing."""
+
 import pytest
 import torch
 from test_compressed_forward import llava_inputs, video_inputs
@@ -16,16 +17,28 @@ def test_cached_decoding_matches_recompute(kind, layer, stride):
     enable_compression(model, CompressionSpec(layer, stride))
     _, batch, _ = llava_inputs("left") if kind == "llava" else video_inputs("left")
     batch.pop("position_ids")  # generate derives them from the mask
-    out = model.generate(**batch, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    out = model.generate(
+        **batch,
+        max_new_tokens=STEPS,
+        min_new_tokens=STEPS,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+    )
     assert len(out.logits) == STEPS
     pixels = {k: v for k, v in batch.items() if k.startswith("pixel")}
     rows, prompt = batch["input_ids"].shape
     for t, step_logits in enumerate(out.logits):
         mask = torch.cat([batch["attention_mask"], torch.ones(rows, t, dtype=torch.long)], dim=1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        full = model(input_ids=out.sequences[:, :prompt + t], attention_mask=mask, position_ids=positions,
-                     use_cache=False, **pixels)
+        full = model(
+            input_ids=out.sequences[:, : prompt + t],
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            **pixels,
+        )
         torch.testing.assert_close(step_logits, full.logits[:, -1], atol=1e-4, rtol=1e-4)
         assert full.compression.tokens_out < full.compression.tokens_in
 
@@ -38,8 +51,12 @@ def test_cache_holds_full_layers_then_compressed_layers():
     lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
     short = out.logits.shape[1]
     assert lengths == [batch["input_ids"].shape[1]] * 2 + [short] * 2 and short < lengths[0]
-    step = model(input_ids=torch.full((4, 1), 7), attention_mask=torch.cat([batch["attention_mask"],
-                 torch.ones(4, 1, dtype=torch.long)], 1), past_key_values=out.past_key_values, use_cache=True)
+    step = model(
+        input_ids=torch.full((4, 1), 7),
+        attention_mask=torch.cat([batch["attention_mask"], torch.ones(4, 1, dtype=torch.long)], 1),
+        past_key_values=out.past_key_values,
+        use_cache=True,
+    )
     assert step.compression.tokens_in == 0  # nothing is pooled again when decoding
     assert [layer.keys.shape[-2] for layer in step.past_key_values.layers] == [n + 1 for n in lengths]
 
@@ -79,8 +96,9 @@ def test_generate_continues_from_a_returned_cache(layer):
     straight = model.generate(**batch, max_new_tokens=4, **kw)
     first = model.generate(**batch, max_new_tokens=2, return_dict_in_generate=True, **kw)
     mask = torch.cat([batch["attention_mask"], torch.ones(4, 2, dtype=torch.long)], 1)
-    continued = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
-                               max_new_tokens=2, **kw)
+    continued = model.generate(
+        input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values, max_new_tokens=2, **kw
+    )
     assert torch.equal(continued, straight)
 
 
@@ -95,8 +113,14 @@ def test_pixels_given_to_a_compressed_cache_and_layer0_continuation_are_clear_er
     first = model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
     mask = torch.cat([batch["attention_mask"], torch.ones(4, 2, dtype=torch.long)], 1)
     with pytest.raises(ValueError, match="continuing generate\\(\\) from a returned cache needs layer >= 1"):
-        model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
-                       max_new_tokens=2, do_sample=False, pad_token_id=0)
+        model.generate(
+            input_ids=first.sequences,
+            attention_mask=mask,
+            past_key_values=first.past_key_values,
+            max_new_tokens=2,
+            do_sample=False,
+            pad_token_id=0,
+        )
 
 
 @torch.no_grad()

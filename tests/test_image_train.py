@@ -1,4 +1,5 @@
 """Image-side staged training (LLaVA-1.5) end to end on a tiny instruction set: stages, failures, checkpoint, CLI."""
+
 import json
 import os
 import re
@@ -8,14 +9,14 @@ from PIL import Image, ImageDraw
 from transformers import AutoTokenizer
 
 import image_llavolta.train as image_train
-from llavolta import cli
 from image_llavolta.checkpoint import load_pretrained
-from image_llavolta.models.llava import LlavoltaForConditionalGeneration
 from image_llavolta.configs import tiny_llava_config
 from image_llavolta.data import InstructionDataset, SampleFailure
+from image_llavolta.models.llava import LlavoltaForConditionalGeneration
 from image_llavolta.tokenizer import build_word_tokenizer
 from image_llavolta.train_config import load_config
 from image_llavolta.trainer import StageTally
+from llavolta import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS_PER_IMAGE = 16  # 28-px images, 7-px patches: 4 x 4 patches, CLS dropped
@@ -54,23 +55,42 @@ def data(tmp_path_factory):
         colour, shape = list(COLOURS)[i % 3], list(SHAPES)[i % 2]
         name = f"{colour}_{shape}_{i}.png"
         shape_image(root / "images" / name, colour, shape, (40, 30) if i % 2 else (30, 40))  # padded to square
-        records.append({"id": f"img-{i}", "image": name,
-                        "conversations": turns("<image>\nwhat colour is the shape ?", f"{colour} .",
-                                               "and its shape ?", f"a {shape} .")})
+        records.append(
+            {
+                "id": f"img-{i}",
+                "image": name,
+                "conversations": turns(
+                    "<image>\nwhat colour is the shape ?", f"{colour} .", "and its shape ?", f"a {shape} ."
+                ),
+            }
+        )
     records += [{"id": f"text-{c}", "conversations": turns(f"is {c} a colour ?", "yes .")} for c in COLOURS]
     records.append({"id": "text-sky", "conversations": turns("what colour is the sky ?", "blue .")})
-    records.append({"id": "img-missing", "image": "missing.png",
-                    "conversations": turns("<image>\nwhat colour is the shape ?", "red .")})
+    records.append(
+        {
+            "id": "img-missing",
+            "image": "missing.png",
+            "conversations": turns("<image>\nwhat colour is the shape ?", "red ."),
+        }
+    )
     (root / "train.json").write_text(json.dumps(records))
     return root
 
 
 def run_args(data, out):
     """key=value overrides of a tiny run on `data`."""
-    return [f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
-            f"data.train=[{data / 'train.json'}]", f"data.image_root={data / 'images'}", "data.max_length=256",
-            "data.max_failure_share=0.1", "optim.per_device_batch_size=4", "optim.lr=1e-3",
-            f"scheme={json.dumps(SCHEME)}", "logging_steps=100"]
+    return [
+        f"output_dir={out}",
+        "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
+        f"data.train=[{data / 'train.json'}]",
+        f"data.image_root={data / 'images'}",
+        "data.max_length=256",
+        "data.max_failure_share=0.1",
+        "optim.per_device_batch_size=4",
+        "optim.lr=1e-3",
+        f"scheme={json.dumps(SCHEME)}",
+        "logging_steps=100",
+    ]
 
 
 def test_two_stage_image_run(data, tmp_path):
@@ -116,8 +136,10 @@ def test_tiny_config_takes_the_placeholder_id():
 def test_tiny_configs_size_the_vision_tower():
     from video_llavolta.configs import tiny_video_llava_config
 
-    for cfg in (tiny_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4}),
-                tiny_video_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4})):
+    for cfg in (
+        tiny_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4}),
+        tiny_video_llava_config(vision={"hidden": 48, "layers": 3, "heads": 4}),
+    ):
         v = cfg.vision_config
         assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size) == (48, 3, 4, 96)
     assert tiny_llava_config().vision_config.hidden_size == 32  # the default tower is unchanged
@@ -132,26 +154,38 @@ def test_tiny_text_settings_reach_the_decoders_initialisation(side, tmp_path):
     tokenizer = build_word_tokenizer(["what colour ? red ."])
     stds = {}
     for std in (0.02, 0.2):
-        config = load_config(None, [f"output_dir={tmp_path}", "data.train=[unused.json]",
-                                    f"model.tiny={{layers: 2, hidden: 64, text: {{initializer_range: {std}}}}}"])
+        config = load_config(
+            None,
+            [
+                f"output_dir={tmp_path}",
+                "data.train=[unused.json]",
+                f"model.tiny={{layers: 2, hidden: 64, text: {{initializer_range: {std}}}}}",
+            ],
+        )
         model = module.model_for_run(config, tokenizer)
         assert model.config.text_config.initializer_range == std
         decoder = model.model.language_model
-        stds[std] = [decoder.layers[0].self_attn.q_proj.weight.std().item(), decoder.embed_tokens.weight.std().item(),
-                     model.lm_head.weight.std().item()]
+        stds[std] = [
+            decoder.layers[0].self_attn.q_proj.weight.std().item(),
+            decoder.embed_tokens.weight.std().item(),
+            model.lm_head.weight.std().item(),
+        ]
     for std, measured in stds.items():  # 4096+ draws each: within 10% of the asked std
         assert measured == pytest.approx([std] * 3, rel=0.1)
 
 
 def test_video_record_is_an_error_at_load(tmp_path):
-    records = [{"id": "i1", "image": "a.png", "conversations": turns("<image>\nwhat ?", "red .")},
-               {"id": "v1", "video": "a.mp4", "conversations": turns("<video>\nwhat ?", "red .")}]
+    records = [
+        {"id": "i1", "image": "a.png", "conversations": turns("<image>\nwhat ?", "red .")},
+        {"id": "v1", "video": "a.mp4", "conversations": turns("<video>\nwhat ?", "red .")},
+    ]
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(records))
     tokenizer = build_word_tokenizer(["what ? red ."])
     config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    with pytest.raises(ValueError, match=re.escape(f"{path}: record 1 (id 'v1'): a 'video' record") +
-                       ".*only image and text records"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{path}: record 1 (id 'v1'): a 'video' record") + ".*only image and text records"
+    ):
         InstructionDataset(path, tokenizer, config)
     path.write_text(json.dumps(records[:1]))  # without the video record it loads (its image is missing: a failure)
     assert isinstance(InstructionDataset(path, tokenizer, config, image_root=tmp_path)[0], SampleFailure)
@@ -183,8 +217,19 @@ def test_llavolta_train_runs_an_image_config(data, tmp_path):
     assert isinstance(load_pretrained(tmp_path / "run"), LlavoltaForConditionalGeneration)
     # From the checkpoint a run needs no family: the checkpoint's model_type picks the image trainer.
     (tmp_path / "none.yaml").write_text("{}\n")
-    assert cli.main(["train", str(tmp_path / "none.yaml"), *run_args(data, tmp_path / "again"), "model.tiny=null",
-                     f"model.path={tmp_path / 'run'}", "optim.max_steps=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                str(tmp_path / "none.yaml"),
+                *run_args(data, tmp_path / "again"),
+                "model.tiny=null",
+                f"model.path={tmp_path / 'run'}",
+                "optim.max_steps=1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "again" / "train_report.json").read_text())["total_optimizer_steps"] == 1
 
 
@@ -193,8 +238,9 @@ def test_shipped_image_configs(name, monkeypatch):
     monkeypatch.chdir(ROOT)  # their paths are relative to the repository root
     config = load_config(f"configs/image/{name}.yaml")
     o = config.optim
-    assert (o.per_device_batch_size, o.epochs, o.warmup_ratio, o.scheduler) == \
-        ((16, 1, 0.03, "cosine") if name == "finetune" else (32, 1, 0.03, "cosine"))
+    assert (o.per_device_batch_size, o.epochs, o.warmup_ratio, o.scheduler) == (
+        (16, 1, 0.03, "cosine") if name == "finetune" else (32, 1, 0.03, "cosine")
+    )
     assert config.precision == "bf16" and config.phase == name
     if name == "finetune":
         assert config.learning_rate == 2e-5 and config.zero_stage() == 3
@@ -213,8 +259,9 @@ def test_group_by_length_decides_whether_a_batch_holds_one_length(grouped):
     lengths = [338, 339, 340, 341] * 100  # on the synthetic set, a question type has its own length
     random.Random(0).shuffle(lengths)
     dataset = SimpleNamespace(lengths=lambda: lengths, modalities=lambda: ["video"] * len(lengths))
-    config = load_config(None, ["output_dir=x", "model.tiny={}", "data.train=[a.json]",
-                                f"data.group_by_length={str(grouped).lower()}"])
+    config = load_config(
+        None, ["output_dir=x", "model.tiny={}", "data.train=[a.json]", f"data.group_by_length={str(grouped).lower()}"]
+    )
     batches = image_train.batch_sampler(config, dataset)(8, 0).global_batches()
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     one_length = sum(len({lengths[i] for i in b}) == 1 for b in batches) / len(batches)

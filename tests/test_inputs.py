@@ -1,4 +1,5 @@
 """From a video file and a question to model inputs and generated ids: the whole path on a tiny model."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,16 +26,18 @@ def test_video_question_to_generation(tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
     samples = [
         encode_sample(tokenizer, model.config, VICUNA_V1.render(["<video>\nwhat colour is the square ?"]), [clips[0]]),
-        encode_sample(tokenizer, model.config, VICUNA_V1.render(["<image> and <video>\nhow many ?"]), [clips[1]],
-                      [image]),
+        encode_sample(
+            tokenizer, model.config, VICUNA_V1.render(["<image> and <video>\nhow many ?"]), [clips[1]], [image]
+        ),
     ]
     # pixels: the sampler's frames through the frame transform, the image padded to square ("pad") and processed
     # with LanguageBind's transform, as Video-LLaVA does
     size = model.config.vision_config.image_size
     expected = process_frames(read_frames(clips[1], FRAMES).frames, size=size)
     torch.testing.assert_close(samples[1]["pixel_values_videos"][0], expected, atol=0, rtol=0)
-    torch.testing.assert_close(samples[1]["pixel_values"][0],
-                               process_image(image, size=size, pad_to_square=True, mode="languagebind"))
+    torch.testing.assert_close(
+        samples[1]["pixel_values"][0], process_image(image, size=size, pad_to_square=True, mode="languagebind")
+    )
 
     batch = collate(samples, tokenizer.pad_token_id, padding_side="left")
     assert batch["pixel_values_videos"].shape == (2, FRAMES, 3, size, size)

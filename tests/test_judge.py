@@ -1,4 +1,5 @@
 """The QA judge: reply parsing, offline matching, and the real openai client against a scripted local server."""
+
 import json
 import logging
 import os
@@ -40,25 +41,36 @@ def write_jsonl(path, records):
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-@pytest.mark.parametrize("reply,expected", [
-    ('{"pred": "yes", "score": 4}', (True, 4)),
-    ("{'pred': 'no', 'score': 1}", (False, 1)),
-    ('Here you go:\n```json\n{"pred": "Yes", "score": 5}\n```', (True, 5)),
-    ('{"pred": "yes", "score": 3.6}', (True, 4)),
-    ('{"pred": "no", "score": 2.5}', (False, 3)),  # half up, not Python's round-half-even (2)
-    ('{"pred": "yes", "score": "2"}', (True, 2)),
-    ('{"PRED": true, "Score": 0}', (True, 0)),
-    ("pred: no, score: 0", (False, 0)),
-])
+@pytest.mark.parametrize(
+    "reply,expected",
+    [
+        ('{"pred": "yes", "score": 4}', (True, 4)),
+        ("{'pred': 'no', 'score': 1}", (False, 1)),
+        ('Here you go:\n```json\n{"pred": "Yes", "score": 5}\n```', (True, 5)),
+        ('{"pred": "yes", "score": 3.6}', (True, 4)),
+        ('{"pred": "no", "score": 2.5}', (False, 3)),  # half up, not Python's round-half-even (2)
+        ('{"pred": "yes", "score": "2"}', (True, 2)),
+        ('{"PRED": true, "Score": 0}', (True, 0)),
+        ("pred: no, score: 0", (False, 0)),
+    ],
+)
 def test_replies_are_parsed_as_json_dicts_or_literals(reply, expected):
     assert parse_reply(reply) == expected
 
 
-@pytest.mark.parametrize("reply", [
-    "The answers match.", "", '{"pred": "maybe", "score": 3}', '{"pred": "yes", "score": 7}',
-    '{"pred": "yes"}', '{"pred": "yes", "score": "high"}', "{'pred': 'yes', 'score': __import__('os')}",
-    '["yes", 4]',
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The answers match.",
+        "",
+        '{"pred": "maybe", "score": 3}',
+        '{"pred": "yes", "score": 7}',
+        '{"pred": "yes"}',
+        '{"pred": "yes", "score": "high"}',
+        "{'pred': 'yes', 'score': __import__('os')}",
+        '["yes", 4]',
+    ],
+)
 def test_unusable_replies_are_parse_errors(reply):
     with pytest.raises(JudgeParseError):
         parse_reply(reply)
@@ -68,8 +80,7 @@ def test_offline_judges():
     assert normalize_open_answer("The Red, car!") == "red car"
     assert normalize_open_answer("Two") == normalize_open_answer("2") == "2"
     assert normalize_open_answer("twenty") == "20" and normalize_open_answer("none") == "none"  # unlike VQA's
-    items = [("q", "red", "Red."), ("q", "two", "2"), ("q", "a dog", "dog"), ("q", "dog", "cat"),
-             ("q", "dog", " dog ")]
+    items = [("q", "red", "Red."), ("q", "two", "2"), ("q", "a dog", "dog"), ("q", "dog", "cat"), ("q", "dog", " dog ")]
     normalized = [(j.match, j.score) for j in OfflineJudge("normalized").judge_many(items)]
     exact = [(j.match, j.score) for j in OfflineJudge("exact").judge_many(items)]
     assert normalized == [(True, 5), (True, 5), (True, 5), (False, 0), (True, 5)]
@@ -80,13 +91,26 @@ def test_offline_judges():
 
 def test_offline_results_count_types_and_missing(tmp_path, capsys):
     preds = tmp_path / "synthetic.jsonl"
-    write_jsonl(preds, [
-        {"question_id": 1, "question": "q1", "answer": "two", "pred": "2", "type": "count"},
-        {"question_id": 2, "question": "q2", "answer": "three", "pred": "one", "type": "count"},
-        {"question_id": 3, "question": "q3", "answer": "red", "pred": "the red", "type": "colour"},
-    ])
-    write_jsonl(failures_path(preds), [{"question_id": 4, "question": "q4", "answer": "up", "type": "direction",
-                                        "reason": "VideoDecodeError: broken"}])
+    write_jsonl(
+        preds,
+        [
+            {"question_id": 1, "question": "q1", "answer": "two", "pred": "2", "type": "count"},
+            {"question_id": 2, "question": "q2", "answer": "three", "pred": "one", "type": "count"},
+            {"question_id": 3, "question": "q3", "answer": "red", "pred": "the red", "type": "colour"},
+        ],
+    )
+    write_jsonl(
+        failures_path(preds),
+        [
+            {
+                "question_id": 4,
+                "question": "q4",
+                "answer": "up",
+                "type": "direction",
+                "reason": "VideoDecodeError: broken",
+            }
+        ],
+    )
     results = judge_predictions(preds, OfflineJudge("normalized"), tmp_path / "results.json")
     assert results == json.loads((tmp_path / "results.json").read_text())
     overall = results["overall"]
@@ -94,30 +118,51 @@ def test_offline_results_count_types_and_missing(tmp_path, capsys):
     assert overall["accuracy"] == pytest.approx(2 / 3) and overall["score"] == pytest.approx(10 / 3)
     assert results["by_type"]["count"]["accuracy"] == pytest.approx(0.5)
     assert results["by_type"]["colour"]["accuracy"] == 1.0
-    assert results["by_type"]["direction"] == {"questions": 1, "judged": 0, "yes": 0, "accuracy": None,
-                                               "score": None, "parse_failures": 0, "api_errors": 0, "missing": 1}
+    assert results["by_type"]["direction"] == {
+        "questions": 1,
+        "judged": 0,
+        "yes": 0,
+        "accuracy": None,
+        "score": None,
+        "parse_failures": 0,
+        "api_errors": 0,
+        "missing": 1,
+    }
     assert results["by_benchmark"]["synthetic"]["judged"] == 3
     assert results["comparable_with_gpt_judged"] is False and "NOT comparable" in results["note"]
-    assert results["problems"]["missing"] == [{"benchmark": "synthetic", "question_id": 4,
-                                               "error": "VideoDecodeError: broken"}]
+    assert results["problems"]["missing"] == [
+        {"benchmark": "synthetic", "question_id": 4, "error": "VideoDecodeError: broken"}
+    ]
     judgments = [json.loads(line) for line in open(results["judgments"])]
-    assert [(j["question_id"], j["status"]) for j in judgments] == [(1, "judged"), (2, "judged"), (3, "judged"),
-                                                                    (4, "missing")]
+    assert [(j["question_id"], j["status"]) for j in judgments] == [
+        (1, "judged"),
+        (2, "judged"),
+        (3, "judged"),
+        (4, "missing"),
+    ]
     print_results(results)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "judge: offline-normalized" and "NOT comparable" in lines[1]
     assert lines[2].split() == ["questions", "judged", "accuracy", "score", "parse", "fail", "api", "errors", "missing"]
     assert [line.split() for line in lines[4:8]] == [  # by benchmark, then by type; no "overall" for one benchmark
-        ["synthetic", "4", "3", "66.7%", "3.33", "0", "0", "1"], ["colour", "1", "1", "100.0%", "5.00", "0", "0", "0"],
-        ["count", "2", "2", "50.0%", "2.50", "0", "0", "0"], ["direction", "1", "0", "-", "-", "0", "0", "1"]]
+        ["synthetic", "4", "3", "66.7%", "3.33", "0", "0", "1"],
+        ["colour", "1", "1", "100.0%", "5.00", "0", "0", "0"],
+        ["count", "2", "2", "50.0%", "2.50", "0", "0", "0"],
+        ["direction", "1", "0", "-", "-", "0", "0", "1"],
+    ]
     assert lines[8:] == ["missing: 1 (4)"]
 
 
 def test_cli_checks_references_against_the_qa_file(tmp_path, capsys):
     preds, qa = tmp_path / "preds.jsonl", tmp_path / "qa.jsonl"
     write_jsonl(preds, [{"question_id": "a", "question": "q", "answer": "yes", "pred": "yes"}])
-    write_jsonl(qa, [{"question_id": "a", "video": "v.mp4", "question": "q", "answer": "yes"},
-                     {"question_id": "b", "video": "v.mp4", "question": "q2", "answer": "no"}])
+    write_jsonl(
+        qa,
+        [
+            {"question_id": "a", "video": "v.mp4", "question": "q", "answer": "yes"},
+            {"question_id": "b", "video": "v.mp4", "question": "q2", "answer": "no"},
+        ],
+    )
     out = tmp_path / "results.json"
     assert main(["--predictions", str(preds), "--qa", str(qa), "--judge", "offline-exact", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
@@ -145,14 +190,34 @@ SCRIPT = {
     "case-400": [{"status": 400}],
 }
 # (question id, type, marker): the prediction text carries the marker the server plays
-ITEMS = [(1, "a", "case-normal"), (2, "a", "case-pydict"), (3, "a", "case-float"), (4, "a", "case-garbage"),
-         (5, "a", "case-normal"), (6, "b", "case-flaky-parse"), (7, "b", "case-429"), (8, "b", "case-500"),
-         (9, "b", "case-hang"), (10, "b", "case-down"), (11, "b", "case-400")]
+ITEMS = [
+    (1, "a", "case-normal"),
+    (2, "a", "case-pydict"),
+    (3, "a", "case-float"),
+    (4, "a", "case-garbage"),
+    (5, "a", "case-normal"),
+    (6, "b", "case-flaky-parse"),
+    (7, "b", "case-429"),
+    (8, "b", "case-500"),
+    (9, "b", "case-hang"),
+    (10, "b", "case-down"),
+    (11, "b", "case-400"),
+]
 # HTTP requests each marker costs, with max_retries=2 and max_parse_retries=2: the client retries 429 / 5xx /
 # timeouts (case-429, -500, -hang, -down), the judge re-asks unreadable replies (case-garbage, -flaky-parse), a 400
 # is neither; 1 and 5 are one item, asked once.
-EXPECTED_REQUESTS = {"case-normal": 1, "case-pydict": 1, "case-float": 1, "case-garbage": 3, "case-flaky-parse": 2,
-                     "case-429": 2, "case-500": 3, "case-hang": 2, "case-down": 3, "case-400": 1}
+EXPECTED_REQUESTS = {
+    "case-normal": 1,
+    "case-pydict": 1,
+    "case-float": 1,
+    "case-garbage": 3,
+    "case-flaky-parse": 2,
+    "case-429": 2,
+    "case-500": 3,
+    "case-hang": 2,
+    "case-down": 3,
+    "case-400": 1,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -183,8 +248,13 @@ def make_judge(url, cache, **kw):
 def test_openai_judge_scores_retries_and_caches(tmp_path, server, api_key, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     preds, missing = tmp_path / "preds.jsonl", tmp_path / "preds.failures.jsonl"
-    write_jsonl(preds, [{"question_id": i, "type": t, "question": "What is shown?", "answer": "a cat",
-                         "pred": f"a cat ({m})"} for i, t, m in ITEMS])
+    write_jsonl(
+        preds,
+        [
+            {"question_id": i, "type": t, "question": "What is shown?", "answer": "a cat", "pred": f"a cat ({m})"}
+            for i, t, m in ITEMS
+        ],
+    )
     write_jsonl(missing, [{"question_id": 12, "type": "b", "question": "q", "answer": "x", "reason": "no video"}])
     cache = tmp_path / "cache.jsonl"
     results = judge_predictions(preds, make_judge(server.url, cache), tmp_path / "results.json")
@@ -248,8 +318,7 @@ def test_retries_are_bounded_by_the_client_setting(tmp_path, api_key):
         fake.stop()
 
 
-@pytest.mark.parametrize("status,error", [(401, KEY_ENV), (403, f"{MODEL!r}: HTTP 403"),
-                                          (404, f"{MODEL!r}: HTTP 404")])
+@pytest.mark.parametrize("status,error", [(401, KEY_ENV), (403, f"{MODEL!r}: HTTP 403"), (404, f"{MODEL!r}: HTTP 404")])
 def test_rejected_key_or_model_stops_at_once(tmp_path, api_key, status, error):
     fake = FakeOpenAI({"Question:": [{"status": status}]}).start()
     try:
@@ -275,8 +344,16 @@ def test_key_comes_from_the_environment(tmp_path, monkeypatch, caplog):
 
 def start_server(tmp_path, name, port=0, die_after=None):
     port_file = tmp_path / f"{name}.port"
-    cmd = [sys.executable, FAKE_SERVER, "--port", str(port), "--port-file", str(port_file),
-           "--log", str(tmp_path / "replies.jsonl")] + ([] if die_after is None else ["--die-after", str(die_after)])
+    cmd = [
+        sys.executable,
+        FAKE_SERVER,
+        "--port",
+        str(port),
+        "--port-file",
+        str(port_file),
+        "--log",
+        str(tmp_path / "replies.jsonl"),
+    ] + ([] if die_after is None else ["--die-after", str(die_after)])
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 20
     while not port_file.exists():
@@ -287,13 +364,16 @@ def start_server(tmp_path, name, port=0, die_after=None):
 
 def test_server_killed_mid_run_then_restarted(tmp_path, api_key):
     preds = tmp_path / "preds.jsonl"
-    write_jsonl(preds, [{"question_id": i, "question": f"question {i}", "answer": "yes", "pred": f"answer {i}"}
-                        for i in range(12)])
+    write_jsonl(
+        preds,
+        [{"question_id": i, "question": f"question {i}", "answer": "yes", "pred": f"answer {i}"} for i in range(12)],
+    )
     cache = tmp_path / "cache.jsonl"
     proc, port = start_server(tmp_path, "first", die_after=5)
     try:
-        first = judge_predictions(preds, make_judge(f"http://127.0.0.1:{port}/v1", cache, concurrency=2),
-                                  tmp_path / "first.json")
+        first = judge_predictions(
+            preds, make_judge(f"http://127.0.0.1:{port}/v1", cache, concurrency=2), tmp_path / "first.json"
+        )
         assert proc.wait(timeout=10) == 1  # it died on its 6th request
     finally:
         proc.kill()
@@ -303,13 +383,22 @@ def test_server_killed_mid_run_then_restarted(tmp_path, api_key):
 
     proc, _ = start_server(tmp_path, "second", port=port)
     try:
-        second = judge_predictions(preds, make_judge(f"http://127.0.0.1:{port}/v1", cache, concurrency=2),
-                                   tmp_path / "second.json")
+        second = judge_predictions(
+            preds, make_judge(f"http://127.0.0.1:{port}/v1", cache, concurrency=2), tmp_path / "second.json"
+        )
     finally:
         proc.kill()
         proc.wait()
-    assert second["overall"] == {"questions": 12, "judged": 12, "yes": 12, "accuracy": 1.0, "score": 4.0,
-                                 "parse_failures": 0, "api_errors": 0, "missing": 0}
+    assert second["overall"] == {
+        "questions": 12,
+        "judged": 12,
+        "yes": 12,
+        "accuracy": 1.0,
+        "score": 4.0,
+        "parse_failures": 0,
+        "api_errors": 0,
+        "missing": 0,
+    }
     answered = Counter(json.loads(line)["user"] for line in open(tmp_path / "replies.jsonl"))
     assert len(answered) == 12 and set(answered.values()) == {1}  # each judged exactly once over both servers
     assert second["judge"]["cache_hits"] == 5 and len(open(cache).readlines()) == 12
@@ -361,7 +450,9 @@ def test_benchmarks_pinning_different_judges_need_a_choice():
 
 
 def test_the_judge_imports_neither_torch_nor_transformers():
-    code = ("import sys, video_llavolta.judge, data_prep.qa; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))")
+    code = (
+        "import sys, video_llavolta.judge, data_prep.qa; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert run.stdout.strip() == "[]"

@@ -3,6 +3,7 @@
 The wrapper is exercised without lmms-eval (request objects with lmms-eval's `args` tuples); the end-to-end run
 through lmms-eval's evaluator on a local task needs the optional extra and is skipped without it.
 """
+
 import importlib.util
 import json
 import textwrap
@@ -22,8 +23,12 @@ from image_llavolta.lmms_model import Llavolta, cut_at_stops, parse_compression_
 
 SEED = 2
 SUFFIX = "\nAnswer the question using a single word or phrase."
-QUESTIONS = ["what colour is the shape ?", "how many objects are there ?", "is the shape red ?",
-             "what shape is in the image ?"]
+QUESTIONS = [
+    "what colour is the shape ?",
+    "how many objects are there ?",
+    "is the shape red ?",
+    "what shape is in the image ?",
+]
 NO_LMMS_EVAL = (
     "lmms-eval is not installed (the optional eval extra). Install it as the README says: pip install -c "
     "constraints.txt -e '.[eval]' && pip install -c constraints.txt --no-deps lmms-eval==0.7.3 (a plain install "
@@ -72,14 +77,28 @@ def reference(checkpoint, images):
                 prompt = VICUNA_V1.render([f"<image>\n{question}{SUFFIX}"])
                 ids = torch.tensor([tokenize_prompt(tokenizer, prompt, {"<image>": (IMAGE, 16)})])
                 pixels = load_image(image, model.config, pad_to_square=True)[None]
-                out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=new_tokens, do_sample=False,
-                                     pad_token_id=0, eos_token_id=2, suppress_tokens=[IMAGE], compression=spec,
-                                     output_logits=True, return_dict_in_generate=True)
-                new = out.sequences[0, ids.shape[1]:]
+                out = model.generate(
+                    input_ids=ids,
+                    pixel_values=pixels,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=0,
+                    eos_token_id=2,
+                    suppress_tokens=[IMAGE],
+                    compression=spec,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+                new = out.sequences[0, ids.shape[1] :]
                 # log p of the generated tokens, from generate's own raw step logits (KV-cached decoding)
                 logp = sum(float(torch.log_softmax(s[0], -1)[t]) for s, t in zip(out.logits, new))
-                memo[key].append({"text": tokenizer.decode(new, skip_special_tokens=True).strip(),
-                                  "tokens": [int(t) for t in new if int(t) != 2], "logp": logp})
+                memo[key].append(
+                    {
+                        "text": tokenizer.decode(new, skip_special_tokens=True).strip(),
+                        "tokens": [int(t) for t in new if int(t) != 2],
+                        "logp": logp,
+                    }
+                )
         return memo[key]
 
     return answers
@@ -113,8 +132,17 @@ def test_generate_until_equals_one_by_one_generation(checkpoint, images, referen
     lm = Llavolta(pretrained=checkpoint, compression=compression, batch_size=3, device="cpu")
     lm.task_dict = docs(images)
     # Two generation lengths interleaved: answers must come back in request order.
-    requests = [request(QUESTIONS[i] + SUFFIX, {"max_new_tokens": 4 if i % 2 == 0 else 2, "temperature": 0},
-                        visual, i, "local", "test") for i in range(len(QUESTIONS))]
+    requests = [
+        request(
+            QUESTIONS[i] + SUFFIX,
+            {"max_new_tokens": 4 if i % 2 == 0 else 2, "temperature": 0},
+            visual,
+            i,
+            "local",
+            "test",
+        )
+        for i in range(len(QUESTIONS))
+    ]
     got = lm.generate_until(requests)
     long, short = reference(spec, 4), reference(spec, 2)
     assert got == [(long if i % 2 == 0 else short)[i]["text"] for i in range(len(QUESTIONS))]
@@ -129,8 +157,13 @@ def test_stop_strings_and_explicit_placeholders(checkpoint, images, reference):
     first = reference(None, 4)[0]["text"]
     assert " " in first  # several words, so a stop string can cut it
     stop = first.split(" ")[1]
-    got = lm.generate_until([request(f"<image>\n{QUESTIONS[0]}{SUFFIX}", {"max_new_tokens": 4, "until": [stop]},
-                                     visual, 0, "local", "test")])
+    got = lm.generate_until(
+        [
+            request(
+                f"<image>\n{QUESTIONS[0]}{SUFFIX}", {"max_new_tokens": 4, "until": [stop]}, visual, 0, "local", "test"
+            )
+        ]
+    )
     assert got == [first[: first.index(stop)].strip()]
     with pytest.raises(ValueError, match="2 <image> placeholder"):
         lm.generate_until([request("<image><image> what ?", {}, visual, 0, "local", "test")])
@@ -149,9 +182,13 @@ def test_loglikelihood_matches_generation_scores(checkpoint, images, reference, 
     assert tokenizer(greedy_text, add_special_tokens=False)["input_ids"] == expected["tokens"]  # round trip
     first = tokenizer.decode(expected["tokens"][:1])
     other = next(w for w in ("w70", "w71") if w != first)  # a single token that greedy decoding does not pick first
-    got = lm.loglikelihood([request(QUESTIONS[1] + SUFFIX, greedy_text, visual, 1, "local", "test"),
-                            request(QUESTIONS[1] + SUFFIX, first, visual, 1, "local", "test"),
-                            request(QUESTIONS[1] + SUFFIX, lambda doc: other, visual, 1, "local", "test")])
+    got = lm.loglikelihood(
+        [
+            request(QUESTIONS[1] + SUFFIX, greedy_text, visual, 1, "local", "test"),
+            request(QUESTIONS[1] + SUFFIX, first, visual, 1, "local", "test"),
+            request(QUESTIONS[1] + SUFFIX, lambda doc: other, visual, 1, "local", "test"),
+        ]
+    )
     assert got[0][1] is True and got[0][0] == pytest.approx(expected["logp"], abs=1e-4)
     assert got[1][1] is True and got[2][1] is False and got[2][0] < got[1][0]  # the greedy token is the likeliest
 
@@ -180,12 +217,17 @@ def test_lmms_eval_runs_a_local_task(tmp_path, checkpoint, images, reference, mo
     answers = [r["text"] for r in reference(None, 4)]
     data = tmp_path / "local.jsonl"
     # the reference answer is right for questions 0 and 2 only: exact match 0.5
-    data.write_text("".join(json.dumps({"question_id": i, "image": path, "question": q,
-                                        "answer": answers[i] if i % 2 == 0 else "zzz"}) + "\n"
-                            for i, (q, path) in enumerate(zip(QUESTIONS, images))))
+    data.write_text(
+        "".join(
+            json.dumps({"question_id": i, "image": path, "question": q, "answer": answers[i] if i % 2 == 0 else "zzz"})
+            + "\n"
+            for i, (q, path) in enumerate(zip(QUESTIONS, images))
+        )
+    )
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "utils.py").write_text(textwrap.dedent("""
+    (tasks / "utils.py").write_text(
+        textwrap.dedent("""
         from PIL import Image
 
         def doc_to_visual(doc):
@@ -196,8 +238,10 @@ def test_lmms_eval_runs_a_local_task(tmp_path, checkpoint, images, reference, mo
 
         def process_results(doc, results):
             return {"exact_match": float(results[0].strip() == doc["answer"])}
-    """))
-    (tasks / "llavolta_local.yaml").write_text(textwrap.dedent(f"""
+    """)
+    )
+    (tasks / "llavolta_local.yaml").write_text(
+        textwrap.dedent(f"""
         task: llavolta_local
         dataset_path: json
         dataset_kwargs:
@@ -218,10 +262,16 @@ def test_lmms_eval_runs_a_local_task(tmp_path, checkpoint, images, reference, mo
             higher_is_better: true
         metadata:
           version: 0.0
-    """))
+    """)
+    )
     lm = Llavolta(pretrained=checkpoint, compression="none", batch_size=2)
-    out = simple_evaluate(model=lm, tasks=["llavolta_local"], batch_size=2, log_samples=True,
-                          task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
+    out = simple_evaluate(
+        model=lm,
+        tasks=["llavolta_local"],
+        batch_size=2,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+    )
     assert out["results"]["llavolta_local"]["exact_match,none"] == pytest.approx(0.5)
     samples = sorted(out["samples"]["llavolta_local"], key=lambda s: s["doc_id"])
     assert [s["filtered_resps"][0] for s in samples] == answers

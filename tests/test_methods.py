@@ -1,12 +1,12 @@
 """Compressor variants (random, kmeans, fastv) against references written with plain loops, per segment."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_compressed_forward import llava_inputs, valid_rows, video_inputs
-from tiny_models import (FRAMES, IMAGE, PATCHES, VIDEO, pixels, reference_logits, sequence, tiny_llava,
-                         tiny_video_llava)
+from tiny_models import FRAMES, IMAGE, PATCHES, VIDEO, pixels, reference_logits, sequence, tiny_llava, tiny_video_llava
 
 from image_llavolta.compression import FROM_CONFIG, CompressionSpec, enable_compression, parse_spec, spec_label
 from image_llavolta.compression.methods import KMEANS_ITERATIONS, _fill_empty
@@ -17,6 +17,7 @@ METHODS = ("avgpool", "random", "kmeans", "fastv")
 
 # ---- references: the groups of token indices each slot of one segment averages, in slot order ----
 
+
 def random_groups(seed):
     def groups(segment, stride, ordinal, **_):
         n = len(segment)
@@ -24,6 +25,7 @@ def random_groups(seed):
         noise = torch.rand(n, generator=g).tolist()
         best = sorted(range(n), key=lambda o: (-noise[o], o))[: math.ceil(n / stride)]
         return [[segment[o]] for o in sorted(best)]
+
     return groups
 
 
@@ -33,6 +35,7 @@ def fastv_groups(layer, query):
         score = {i: float(attention[i]) for i in segment}
         best = sorted(segment, key=lambda i: (-score[i], i))[: math.ceil(len(segment) / stride)]
         return [[i] for i in sorted(best)]
+
     return groups
 
 
@@ -59,18 +62,25 @@ def kmeans_groups(segment, stride, hidden, **_):
     while len(set(assign)) < k:
         empty = min(set(range(k)) - set(assign))
         sizes = {j: assign.count(j) for j in range(k)}
-        far = max((i for i in range(n) if sizes[assign[i]] >= 2),
-                  key=lambda i: (float((x[i] - centroids[assign[i]]).norm()), -i))
+        far = max(
+            (i for i in range(n) if sizes[assign[i]] >= 2),
+            key=lambda i: (float((x[i] - centroids[assign[i]]).norm()), -i),
+        )
         assign[far] = empty
     return [[segment[i] for i in range(n) if assign[i] == j] for j in range(k)]
 
 
 def groups_for(method, layer=None, query=None, seed=0):
-    return {"avgpool": None, "random": random_groups(seed), "kmeans": kmeans_groups,
-            "fastv": fastv_groups(layer, query)}[method]
+    return {
+        "avgpool": None,
+        "random": random_groups(seed),
+        "kmeans": kmeans_groups,
+        "fastv": fastv_groups(layer, query),
+    }[method]
 
 
 # ---- the tests ----
+
 
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("method", ["random", "kmeans", "fastv"])
@@ -80,8 +90,12 @@ def test_batched_forward_matches_loop_reference(kind, method, side):
     layer, stride = 2, 3
     model = tiny_llava("eager") if kind == "llava" else tiny_video_llava("eager")
     seqs, batch, per_sample = llava_inputs(side) if kind == "llava" else video_inputs(side)
-    refs = [reference_logits(model, s, layer, stride, groups=groups_for(method, layer, len(s) - 1),
-                             attentions=method == "fastv", **p) for s, p in zip(seqs, per_sample)]
+    refs = [
+        reference_logits(
+            model, s, layer, stride, groups=groups_for(method, layer, len(s) - 1), attentions=method == "fastv", **p
+        )
+        for s, p in zip(seqs, per_sample)
+    ]
     enable_compression(model, CompressionSpec(layer, stride, method))
     out = model(**batch)
     for b, ref in enumerate(refs):
@@ -112,8 +126,9 @@ def test_methods_are_deterministic_and_batch_independent(method):
     a, b = model(**batch, compression=spec), model(**batch, compression=spec)
     torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
     alone = model(input_ids=torch.tensor([seqs[0]]), compression=spec, **per_sample[0])
-    torch.testing.assert_close(valid_rows(a.logits[0], alone.logits.shape[1], "left"), alone.logits[0],
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        valid_rows(a.logits[0], alone.logits.shape[1], "left"), alone.logits[0], atol=2e-5, rtol=1e-4
+    )
 
 
 @torch.no_grad()
@@ -121,8 +136,10 @@ def test_random_seed_changes_the_selection_and_frames_differ():
     model = enable_compression(tiny_video_llava(), None)
     ids = torch.tensor([sequence(3, "video", 4, seed=1)])
     video = pixels(1, FRAMES, seed=2)
-    out = {seed: model(input_ids=ids, pixel_values_videos=video, compression=CompressionSpec(1, 4, "random", seed))
-           for seed in (0, 1)}
+    out = {
+        seed: model(input_ids=ids, pixel_values_videos=video, compression=CompressionSpec(1, 4, "random", seed))
+        for seed in (0, 1)
+    }
     assert not torch.allclose(out[0].logits, out[1].logits)
     first = random_groups(0)(list(range(PATCHES + 1)), 4, ordinal=0)
     second = random_groups(0)(list(range(PATCHES + 1)), 4, ordinal=1)
@@ -146,17 +163,16 @@ def test_fastv_in_training_ranks_by_the_last_prompt_token_not_the_answer():
     pv = pixels(1, seed=4)
     enable_compression(model, CompressionSpec(1, 4, "fastv"))
     loss = model(input_ids=torch.tensor([ids]), pixel_values=pv, labels=labels).loss
-    ref = reference_logits(model, ids, 1, 4, groups=fastv_groups(1, answer_start - 1), attentions=True,
-                           pixel_values=pv)
+    ref = reference_logits(model, ids, 1, 4, groups=fastv_groups(1, answer_start - 1), attentions=True, pixel_values=pv)
     # Compressed rows: 3 text, ceil(16/4) = 4 pooled, then the 10 text tokens; row r predicts the next text token.
-    text_after = ids[3 + PATCHES:]
+    text_after = ids[3 + PATCHES :]
     rows = range(3 + 4 - 1, 3 + 4 - 1 + len(text_after))
-    targets = torch.tensor([t if i >= answer_start - (3 + PATCHES) else -100
-                            for i, t in enumerate(text_after)])
+    targets = torch.tensor([t if i >= answer_start - (3 + PATCHES) else -100 for i, t in enumerate(text_after)])
     want = F.cross_entropy(ref[list(rows)], targets, ignore_index=-100)
     torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
-    last_token = reference_logits(model, ids, 1, 4, groups=fastv_groups(1, len(ids) - 1), attentions=True,
-                                  pixel_values=pv)
+    last_token = reference_logits(
+        model, ids, 1, 4, groups=fastv_groups(1, len(ids) - 1), attentions=True, pixel_values=pv
+    )
     assert not torch.allclose(last_token, ref)  # the answer's attention would have chosen other tokens
 
 
@@ -182,16 +198,29 @@ def test_generate_matches_recompute(method):
     model = enable_compression(tiny_video_llava(), CompressionSpec(2, 4, method))
     _, batch, _ = video_inputs("left")
     batch.pop("position_ids")
-    out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=0)
+    out = model.generate(
+        **batch,
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+    )
     pixels_in = {k: v for k, v in batch.items() if k.startswith("pixel")}
     rows, prompt = batch["input_ids"].shape
     for t, step in enumerate(out.logits):
-        ids = out.sequences[:, :prompt + t + 1]  # up to the token chosen at step t, supervised from the prompt on
+        ids = out.sequences[:, : prompt + t + 1]  # up to the token chosen at step t, supervised from the prompt on
         mask = torch.cat([batch["attention_mask"], torch.ones(rows, t + 1, dtype=torch.long)], dim=1)
         labels = torch.where(torch.arange(ids.shape[1]) >= prompt, ids, -100)
-        full = model(input_ids=ids, attention_mask=mask, labels=labels,
-                     position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=False, **pixels_in)
+        full = model(
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=False,
+            **pixels_in,
+        )
         torch.testing.assert_close(step, full.logits[:, -2], atol=1e-4, rtol=1e-4)
 
 
@@ -201,8 +230,9 @@ def test_spec_parsing_labels_and_validation():
     assert parse_spec("None") is None and parse_spec("from_config") is FROM_CONFIG
     assert [spec_label(s) for s in (None, FROM_CONFIG, CompressionSpec(2, 8))] == ["none", "from_config", "K=2,S=8"]
     assert CompressionSpec(2, 8, "kmeans").label() == "K=2,S=8,kmeans"
-    assert Stage.from_dict({"layer": 1, "stride": 4, "method": "random", "seed": 3, "fraction": 1.0}).spec == \
-        CompressionSpec(1, 4, "random", 3)
+    assert Stage.from_dict(
+        {"layer": 1, "stride": 4, "method": "random", "seed": 3, "fraction": 1.0}
+    ).spec == CompressionSpec(1, 4, "random", 3)
     for bad in ("2", "2,8,median", "a,b", "2,8,fastv,1"):
         with pytest.raises(ValueError, match="K,S"):
             parse_spec(bad)

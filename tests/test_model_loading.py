@@ -1,6 +1,7 @@
 """Loading tiny checkpoints that the tests save in each real layout: the toolkit's own and the llava-hf layout older
 transformers saved (`llava-1.5-7b-hf`, `Video-LLaVA-7B-hf`). The released Video-LLaVA + LanguageBind layout goes
 through the converter (test_convert.py)."""
+
 import json
 import re
 
@@ -37,13 +38,19 @@ def save_checkpoint(directory, config, state_dict, rename):
 
 
 # the key layout transformers 4.x wrote (what the llava-hf checkpoints on the Hub hold)
-LEGACY_VIDEO = [(r"^model\.language_model\.", "language_model.model."), (r"^lm_head\.", "language_model.lm_head."),
-                (r"^model\.image_tower\.", "image_tower.vision_model."),
-                (r"^model\.video_tower\.", "video_tower.vision_model."),
-                (r"^model\.multi_modal_projector\.", "multi_modal_projector.")]
-LEGACY_IMAGE = [(r"^model\.language_model\.", "language_model.model."), (r"^lm_head\.", "language_model.lm_head."),
-                (r"^model\.vision_tower\.", "vision_tower.vision_model."),
-                (r"^model\.multi_modal_projector\.", "multi_modal_projector.")]
+LEGACY_VIDEO = [
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^model\.image_tower\.", "image_tower.vision_model."),
+    (r"^model\.video_tower\.", "video_tower.vision_model."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+]
+LEGACY_IMAGE = [
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^model\.vision_tower\.", "vision_tower.vision_model."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+]
 
 
 @torch.no_grad()
@@ -73,8 +80,12 @@ def test_llava_hf_layout_loads(tmp_path):
     loaded = load_image_model(path, attn_implementation="eager").eval()
     ids = torch.tensor([sequence(3, "image", 4)])
     image = pixels(1)
-    torch.testing.assert_close(loaded(input_ids=ids, pixel_values=image).logits,
-                               model(input_ids=ids, pixel_values=image).logits, atol=0, rtol=0)
+    torch.testing.assert_close(
+        loaded(input_ids=ids, pixel_values=image).logits,
+        model(input_ids=ids, pixel_values=image).logits,
+        atol=0,
+        rtol=0,
+    )
 
 
 @torch.no_grad()
@@ -85,16 +96,18 @@ def test_temporal_mismatch_is_an_error_unless_ignored(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=absent):
         load_pretrained(plain_dir, temporal=True)
     # ignored: the absent branch starts as identity, so the features equal the plain tower's
-    identity = load_pretrained(plain_dir, temporal=True, ignore_temporal_mismatch=True,
-                               attn_implementation="eager").eval()
+    identity = load_pretrained(
+        plain_dir, temporal=True, ignore_temporal_mismatch=True, attn_implementation="eager"
+    ).eval()
     torch.testing.assert_close(identity(**batch()).logits, plain(**batch()).logits, atol=1e-6, rtol=1e-6)
 
     temporal = tiny(temporal=True)
     temporal.save_pretrained(tmp_path / "temporal")
     with pytest.raises(CheckpointMismatchError, match=r"checkpoint has temporal-attention weights"):
         load_pretrained(tmp_path / "temporal", temporal=False)
-    dropped = load_pretrained(tmp_path / "temporal", temporal=False, ignore_temporal_mismatch=True,
-                              attn_implementation="eager").eval()
+    dropped = load_pretrained(
+        tmp_path / "temporal", temporal=False, ignore_temporal_mismatch=True, attn_implementation="eager"
+    ).eval()
     without = tiny(temporal=False)
     without.load_state_dict({k: v for k, v in temporal.state_dict().items() if "temporal_" not in k})
     torch.testing.assert_close(dropped(**batch()).logits, without(**batch()).logits, atol=0, rtol=0)
@@ -104,6 +117,9 @@ def test_missing_weight_is_an_error_that_names_it(tmp_path):
     model = tiny(temporal=False)
     state = {k: v for k, v in model.state_dict().items() if "multi_modal_projector.linear_2.bias" not in k}
     path = save_checkpoint(tmp_path / "broken", model.config, state, LEGACY_VIDEO)
-    with pytest.raises(CheckpointMismatchError, match=r"broken: .*\n.*missing from the checkpoint: "
-                                                      r"model\.multi_modal_projector\.linear_2\.bias"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"broken: .*\n.*missing from the checkpoint: "
+        r"model\.multi_modal_projector\.linear_2\.bias",
+    ):
         load_pretrained(path, ignore_temporal_mismatch=True)

@@ -1,12 +1,13 @@
 """The redundancy probe: share of visual tokens kept, the resumable sweep, the attention profile, plots and the CLI."""
+
 import json
 import os
 import sys
 
 import pytest
+import test_qa_inference as qa_tests
 import torch
 import transformers.models.llama.modeling_llama as llama
-import test_qa_inference as qa_tests
 from tiny_models import FRAMES, IMAGE, PATCHES, VIDEO, pixels, sequence, tiny_llava, tiny_video_llava
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -14,8 +15,17 @@ from image_llavolta.compression import CompressionSpec, compression_ratio, enabl
 from image_llavolta.conversation import VICUNA_V1, Template, tokenize_prompt
 from image_llavolta.plots import PLOT_HINT, save_plots, sweep_figure
 from image_llavolta.probe import (
-    attention_profile, format_attention, format_sweep, point_name, prompt_regions, run_sweep, sample_stats,
-    share_kept, share_kept_from_stats, sweep_grid, system_prompt_mask,
+    attention_profile,
+    format_attention,
+    format_sweep,
+    point_name,
+    prompt_regions,
+    run_sweep,
+    sample_stats,
+    share_kept,
+    share_kept_from_stats,
+    sweep_grid,
+    system_prompt_mask,
 )
 from video_llavolta.judge import normalize_open_answer
 from video_llavolta.probe import main as probe_main
@@ -107,8 +117,7 @@ def test_sweep_records_every_point_and_a_rerun_evaluates_nothing(tmp_path):
     evaluate = Evaluator()
     sweep = run_sweep(grid, evaluate, path, 4, [5, 5], settings={"model": "m"})
     assert evaluate.calls == grid and sweep == read(path)
-    assert sweep["status"] == "complete" and sweep["counts"] == {"points": 5, "resumed": 0, "evaluated": 5,
-                                                                 "failed": 0}
+    assert sweep["status"] == "complete" and sweep["counts"] == {"points": 5, "resumed": 0, "evaluated": 5, "failed": 0}
     assert sweep["settings"] == {"model": "m"} and sweep["num_layers"] == 4 and sweep["visual_segments"] == [5, 5]
     points = {p["name"]: p for p in sweep["points"]}
     assert list(points) == ["stock", "K1_S2", "K1_S4", "K3_S2", "K3_S4"]
@@ -117,8 +126,10 @@ def test_sweep_records_every_point_and_a_rerun_evaluates_nothing(tmp_path):
     # N=4, two segments of 5: S=2 → 3+3 after pooling: 1·10 + 3·6 = 28 of 40
     assert (k1s2["layer"], k1s2["stride"], k1s2["tokens_over_layers"]) == (1, 2, 28)
     assert k1s2["share_kept"] == pytest.approx(0.7) and k1s2["compression_ratio"] == pytest.approx(40 / 28)
-    assert k1s2["accuracy"] == pytest.approx(0.47) and k1s2["metrics"] == {"accuracy": pytest.approx(0.47),
-                                                                           "score": 3.0}
+    assert k1s2["accuracy"] == pytest.approx(0.47) and k1s2["metrics"] == {
+        "accuracy": pytest.approx(0.47),
+        "score": 3.0,
+    }
     assert k1s2["status"] == "ok" and k1s2["error"] is None
     # K3_S4: 3·10 + 1·(2+2) = 34 of 40
     assert points["K3_S4"]["tokens_over_layers"] == 34
@@ -174,17 +185,32 @@ def test_sweep_table_has_a_row_per_point_and_the_errors_below(tmp_path):
 
 def test_attention_table_has_a_row_per_layer():
     def layer(i):
-        return {"layer": i, "visual_mass": 0.1 * i, "visual_per_token": 0.1 * i / 50, "system_mass": 0.5,
-                "system_per_token": None if i else 0.05, "rest_mass": 0.5 - 0.1 * i, "rest_per_token": 0.1}
+        return {
+            "layer": i,
+            "visual_mass": 0.1 * i,
+            "visual_per_token": 0.1 * i / 50,
+            "system_mass": 0.5,
+            "system_per_token": None if i else 0.05,
+            "rest_mass": 0.5 - 0.1 * i,
+            "rest_per_token": 0.1,
+        }
 
-    attention = {"samples": 3, "heads": 4, "tokens": {"visual": 50.0, "system": 10.0, "rest": 7.0},
-                 "layers": [layer(0), layer(1)]}
+    attention = {
+        "samples": 3,
+        "heads": 4,
+        "tokens": {"visual": 50.0, "system": 10.0, "rest": 7.0},
+        "layers": [layer(0), layer(1)],
+    }
     lines = format_attention(attention).splitlines()
-    assert lines[0] == ("attention of the answer position (last prompt token), mean over 3 samples and 4 heads; "
-                        "tokens: visual 50, system 10, rest 7")
+    assert lines[0] == (
+        "attention of the answer position (last prompt token), mean over 3 samples and 4 heads; "
+        "tokens: visual 50, system 10, rest 7"
+    )
     assert lines[1].split() == ["layer", "visual", "system", "rest", "visual/token", "system/token"]
-    assert [line.split() for line in lines[3:]] == [["0", "0.000", "0.500", "0.500", "0.00e+00", "5.00e-02"],
-                                                   ["1", "0.100", "0.500", "0.400", "2.00e-03", "-"]]
+    assert [line.split() for line in lines[3:]] == [
+        ["0", "0.000", "0.500", "0.500", "0.00e+00", "5.00e-02"],
+        ["1", "0.100", "0.500", "0.400", "2.00e-03", "-"],
+    ]
 
 
 def test_sweep_refuses_a_file_made_with_other_settings(tmp_path):
@@ -228,8 +254,11 @@ def image_samples(n=3):
     samples = []
     for k in range(n):
         ids = [1] + sequence(3 + k, "image", 4 + 2 * k, seed=k)
-        regions = {"visual": [i == IMAGE for i in ids], "system": [1 <= p <= 3 for p in range(len(ids))],
-                   "bos": [p == 0 for p in range(len(ids))]}
+        regions = {
+            "visual": [i == IMAGE for i in ids],
+            "system": [1 <= p <= 3 for p in range(len(ids))],
+            "bos": [p == 0 for p in range(len(ids))],
+        }
         samples.append({"input_ids": ids, "pixel_values": pixels(1, seed=k), "regions": regions})
     return samples
 
@@ -248,8 +277,10 @@ def eager_profile(eager, samples):
             mass = (rows * m).sum(-1).mean(-1)  # (layers,)
             masses[name].append(mass)
             per_token[name].append(mass / m.sum())
-    return ({k: torch.stack(v).mean(0) for k, v in masses.items()},
-            {k: torch.stack(v).mean(0) for k, v in per_token.items()})
+    return (
+        {k: torch.stack(v).mean(0) for k, v in masses.items()},
+        {k: torch.stack(v).mean(0) for k, v in per_token.items()},
+    )
 
 
 def peaky(llava):
@@ -323,8 +354,9 @@ def test_attention_profile_rejects_overlapping_regions():
 
 
 def a_sweep(tmp_path):
-    return run_sweep(sweep_grid([1, 3], [2, 4], 4), Evaluator(failing=[CompressionSpec(3, 4)]),
-                     tmp_path / "sweep.json", 4, [5, 5])
+    return run_sweep(
+        sweep_grid([1, 3], [2, 4], 4), Evaluator(failing=[CompressionSpec(3, 4)]), tmp_path / "sweep.json", 4, [5, 5]
+    )
 
 
 def test_sweep_figure_draws_one_line_per_layer_and_marks_stock(tmp_path):
@@ -341,15 +373,19 @@ def test_sweep_figure_draws_one_line_per_layer_and_marks_stock(tmp_path):
     stock = [c for c in ax.collections if c.get_label() == "stock (no compression)"]
     assert len(stock) == 1 and stock[0].get_offsets().tolist() == [[100.0, 90.0]]
     by_stride = sweep_figure(sweep, lines_per="stride").axes[0]
-    assert {line.get_label() for line in by_stride.get_lines() if not line.get_label().startswith("_")} == \
-        {"S=2", "S=4"}
+    assert {line.get_label() for line in by_stride.get_lines() if not line.get_label().startswith("_")} == {
+        "S=2",
+        "S=4",
+    }
 
 
 def test_save_plots_writes_pngs(tmp_path):
     profile = attention_profile(tiny_llava(), image_samples(2))
     written = save_plots(tmp_path / "plots", a_sweep(tmp_path), profile)
-    assert written == {"sweep": str(tmp_path / "plots" / "sweep.png"),
-                       "attention": str(tmp_path / "plots" / "attention.png")}
+    assert written == {
+        "sweep": str(tmp_path / "plots" / "sweep.png"),
+        "attention": str(tmp_path / "plots" / "attention.png"),
+    }
     for path in written.values():
         with open(path, "rb") as f:
             assert f.read(8) == PNG_SIGNATURE
@@ -382,14 +418,35 @@ def test_probe_cli_end_to_end_and_resumed(tmp_path, checkpoint, data, reference,
     # Reference answers = the stock model's own answers for the first two questions, so that accuracies are not all
     # zero: stock must score 2/3, each compressed point what its one-by-one generation scores.
     stock_answers = reference(None)
-    records = [{**r, "answer": stock_answers[r["question_id"]] if i < 2 else "not an answer"}
-               for i, r in enumerate(data["records"][:4])]
+    records = [
+        {**r, "answer": stock_answers[r["question_id"]] if i < 2 else "not an answer"}
+        for i, r in enumerate(data["records"][:4])
+    ]
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "probe"
-    argv = ["--model", checkpoint, "--qa", str(qa), "--video-root", data["videos"], "--layers", "1,2",
-            "--strides", "2,4", "--out", str(out), "--limit", "3", "--attention-samples", "2",
-            "--max-new-tokens", str(NEW_TOKENS), "--batch-size", "2"]
+    argv = [
+        "--model",
+        checkpoint,
+        "--qa",
+        str(qa),
+        "--video-root",
+        data["videos"],
+        "--layers",
+        "1,2",
+        "--strides",
+        "2,4",
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--attention-samples",
+        "2",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--batch-size",
+        "2",
+    ]
 
     grid = sweep_grid([1, 2], [2, 4], 4)
     expected = {point_name(spec): reference(spec) for spec in grid}  # one question at a time, eager, per spec
@@ -412,13 +469,15 @@ def test_probe_cli_end_to_end_and_resumed(tmp_path, checkpoint, data, reference,
         spec = None if p["stock"] else CompressionSpec(p["layer"], p["stride"])
         assert p["share_kept"] == pytest.approx(share_kept(4, spec, [17] * 8))
         folder = out / "points" / p["name"]
-        assert read(folder / "preds.settings.json")["settings"]["compression"] == (None if spec is None
-                                                                                   else spec.to_dict())
+        assert read(folder / "preds.settings.json")["settings"]["compression"] == (
+            None if spec is None else spec.to_dict()
+        )
         with open(folder / "preds.jsonl") as f:
             assert [json.loads(line)["question_id"] for line in f] == [q["question_id"] for q in questions]
         answers = expected[p["name"]]
-        right = sum(normalize_open_answer(answers[q["question_id"]]) == normalize_open_answer(q["answer"])
-                    for q in questions)
+        right = sum(
+            normalize_open_answer(answers[q["question_id"]]) == normalize_open_answer(q["answer"]) for q in questions
+        )
         assert p["status"] == "ok" and p["accuracy"] == pytest.approx(right / 3), p["name"]
         assert p["metrics"]["questions"] == 3 and p["metrics"]["judged"] == 3
     assert sweep["points"][0]["accuracy"] == pytest.approx(2 / 3)
@@ -463,8 +522,20 @@ def test_probe_cli_end_to_end_and_resumed(tmp_path, checkpoint, data, reference,
 
 
 def test_probe_cli_bad_grid_is_a_clear_error(tmp_path, checkpoint, data, capsys):
-    argv = ["--model", checkpoint, "--qa", data["qa"], "--video-root", data["videos"], "--layers", "1,9",
-            "--strides", "2", "--out", str(tmp_path / "probe")]
+    argv = [
+        "--model",
+        checkpoint,
+        "--qa",
+        data["qa"],
+        "--video-root",
+        data["videos"],
+        "--layers",
+        "1,9",
+        "--strides",
+        "2",
+        "--out",
+        str(tmp_path / "probe"),
+    ]
     assert probe_main(argv) == 2
     assert "layer=9 is outside the model" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "probe" / "sweep.json")

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from image_llavolta.processing import (
-    CLIP_MEAN, CLIP_STD, PAD_COLOR, PREPROCESSING_KEY, expand2square, preprocessing_mode, process_image, process_images,
+    CLIP_MEAN,
+    CLIP_STD,
+    PAD_COLOR,
+    PREPROCESSING_KEY,
+    expand2square,
+    preprocessing_mode,
+    process_image,
+    process_images,
 )
 from video_llavolta.processing import process_frames
 
@@ -61,7 +68,9 @@ def test_pad_to_square_by_hand():
     assert PAD_COLOR == (122, 116, 104)
     assert np.array_equal(np.asarray(expand2square(Image.fromarray(image))), canvas)
     # size == side: no resize, no crop, so the output is just the normalized canvas
-    torch.testing.assert_close(process_image(image, size=100, pad_to_square=True), normalize_hwc(canvas), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        process_image(image, size=100, pad_to_square=True), normalize_hwc(canvas), atol=1e-6, rtol=0
+    )
     # smaller size: identical to processing the hand-built square
     assert torch.equal(process_image(image, size=48, pad_to_square=True), process_image(canvas, size=48))
 

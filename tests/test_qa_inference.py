@@ -1,4 +1,5 @@
 """Video QA inference on a tiny model: batched greedy answers, resuming, failures, rank shards and their merge."""
+
 import json
 import os
 import shutil
@@ -24,9 +25,6 @@ from video_llavolta.qa_inference import main, merge_predictions, run_inference, 
 SEED = 2  # a tiny model whose answers differ between videos and with compression
 NEW_TOKENS = 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,13 +61,21 @@ def reference(model, tokenizer, data):
             memo[key] = {}
             for r in data["records"]:
                 source = (sources or {}).get(r["question_id"], os.path.join(data["videos"], r["video"]))
-                sample = encode_sample(tokenizer, model.config, VICUNA_V1.render(["<video>\n" + r["question"]]),
-                                       [source])
+                sample = encode_sample(
+                    tokenizer, model.config, VICUNA_V1.render(["<video>\n" + r["question"]]), [source]
+                )
                 ids = torch.tensor([sample["input_ids"]])
-                out = model.generate(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"],
-                                     max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=2,
-                                     suppress_tokens=[IMAGE, VIDEO], compression=spec)
-                memo[key][r["question_id"]] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+                out = model.generate(
+                    input_ids=ids,
+                    pixel_values_videos=sample["pixel_values_videos"],
+                    max_new_tokens=NEW_TOKENS,
+                    do_sample=False,
+                    pad_token_id=0,
+                    eos_token_id=2,
+                    suppress_tokens=[IMAGE, VIDEO],
+                    compression=spec,
+                )
+                memo[key][r["question_id"]] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
         return memo[key]
 
     return answers
@@ -87,18 +93,36 @@ def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, toke
     if compression is FROM_CONFIG:  # the same weights with the spec stored in the config
         runner = enable_compression(tiny(temporal=False, seed=SEED), spec)
     out = str(tmp_path / "preds.jsonl")
-    summary = run_inference(runner, tokenizer, data["qa"], out, data["videos"], batch_size=5,
-                            max_new_tokens=NEW_TOKENS, compression=compression)
+    summary = run_inference(
+        runner,
+        tokenizer,
+        data["qa"],
+        out,
+        data["videos"],
+        batch_size=5,
+        max_new_tokens=NEW_TOKENS,
+        compression=compression,
+    )
     n = len(data["records"])
-    assert {k: summary[k] for k in ("questions", "predicted", "new", "failed")} == \
-           {"questions": n, "predicted": n, "new": n, "failed": 0}
+    assert {k: summary[k] for k in ("questions", "predicted", "new", "failed")} == {
+        "questions": n,
+        "predicted": n,
+        "new": n,
+        "failed": 0,
+    }
 
     preds = read_jsonl(out)
     expected = reference(spec)
     assert [p["question_id"] for p in preds] == [r["question_id"] for r in data["records"]]
     for p, r in zip(preds, data["records"]):
-        assert p == {"question_id": r["question_id"], "question": r["question"], "answer": r["answer"],
-                     "pred": expected[r["question_id"]], "type": r["type"], "video": r["video"]}
+        assert p == {
+            "question_id": r["question_id"],
+            "question": r["question"],
+            "answer": r["answer"],
+            "pred": expected[r["question_id"]],
+            "type": r["type"],
+            "video": r["video"],
+        }
     assert len(set(expected.values())) > 1  # the answers depend on the video, so a misalignment would show
     if spec is not None:
         assert expected != reference(None)  # test-time compression reaches the model
@@ -113,8 +137,7 @@ def test_batched_answers_equal_one_by_one_generation(tmp_path, data, model, toke
     assert settings["generation"]["do_sample"] is False and settings["generation"]["max_new_tokens"] == NEW_TOKENS
 
 
-def test_killed_run_resumes_without_redoing_or_losing_answers(tmp_path, data, model, tokenizer, reference,
-                                                              monkeypatch):
+def test_killed_run_resumes_without_redoing_or_losing_answers(tmp_path, data, model, tokenizer, reference, monkeypatch):
     out = str(tmp_path / "preds.jsonl")
     generate, batches, kill = model.generate, [], [True]
 
@@ -126,16 +149,18 @@ def test_killed_run_resumes_without_redoing_or_losing_answers(tmp_path, data, mo
 
     monkeypatch.setattr(model, "generate", dies_on_third_batch)
     with pytest.raises(Killed):
-        run_inference(model, tokenizer, data["qa"], out, data["videos"], batch_size=3, max_new_tokens=NEW_TOKENS,
-                      compression=None)
+        run_inference(
+            model, tokenizer, data["qa"], out, data["videos"], batch_size=3, max_new_tokens=NEW_TOKENS, compression=None
+        )
     assert len(read_jsonl(out)) == 6  # two whole batches survived
     kill[0] = False
     with open(out, "a") as f:
         f.write('{"question_id": "test_00002_co')  # a line cut off by the kill
 
     batches.clear()
-    summary = run_inference(model, tokenizer, data["qa"], out, data["videos"], batch_size=3,
-                            max_new_tokens=NEW_TOKENS, compression=None)
+    summary = run_inference(
+        model, tokenizer, data["qa"], out, data["videos"], batch_size=3, max_new_tokens=NEW_TOKENS, compression=None
+    )
     rest = len(data["records"]) - 6
     assert sum(batches) == rest and (summary["resumed"], summary["new"]) == (6, rest)
     preds = read_jsonl(out)
@@ -143,8 +168,9 @@ def test_killed_run_resumes_without_redoing_or_losing_answers(tmp_path, data, mo
     assert {p["question_id"]: p["pred"] for p in preds} == reference(None)
 
     batches.clear()
-    summary = run_inference(model, tokenizer, data["qa"], out, data["videos"], batch_size=3,
-                            max_new_tokens=NEW_TOKENS, compression=None)
+    summary = run_inference(
+        model, tokenizer, data["qa"], out, data["videos"], batch_size=3, max_new_tokens=NEW_TOKENS, compression=None
+    )
     assert batches == [] and summary["new"] == 0 and len(read_jsonl(out)) == len(data["records"])
 
 
@@ -170,24 +196,43 @@ def test_the_checkpoints_template_is_the_default_and_template_overrides_it(tmp_p
     def one_by_one(template):
         answers = {}
         for r in records:
-            sample = encode_sample(tokenizer, recorded.config, template.render(["<video>\n" + r["question"]]),
-                                   [os.path.join(data["videos"], r["video"])])
+            sample = encode_sample(
+                tokenizer,
+                recorded.config,
+                template.render(["<video>\n" + r["question"]]),
+                [os.path.join(data["videos"], r["video"])],
+            )
             ids = torch.tensor([sample["input_ids"]])
-            out = recorded.generate(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"],
-                                    max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=2,
-                                    suppress_tokens=[IMAGE, VIDEO])
-            answers[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            out = recorded.generate(
+                input_ids=ids,
+                pixel_values_videos=sample["pixel_values_videos"],
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=2,
+                suppress_tokens=[IMAGE, VIDEO],
+            )
+            answers[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
         return answers
 
     for name, template, given in (("default", LLAVA_V1, None), ("override", VICUNA_V1, "vicuna_v1")):
         out = str(tmp_path / f"{name}.jsonl")
-        run_inference(recorded, tokenizer, qa, out, data["videos"], max_new_tokens=NEW_TOKENS, compression=None,
-                      template=given)
+        run_inference(
+            recorded, tokenizer, qa, out, data["videos"], max_new_tokens=NEW_TOKENS, compression=None, template=given
+        )
         assert {p["question_id"]: p["pred"] for p in read_jsonl(out)} == one_by_one(template)
         assert settings_of(out)["settings"]["template"] == template.to_dict()
     with pytest.raises(ValueError, match="other settings.*template"):
-        run_inference(recorded, tokenizer, qa, str(tmp_path / "default.jsonl"), data["videos"],
-                      max_new_tokens=NEW_TOKENS, compression=None, template="vicuna_v1")
+        run_inference(
+            recorded,
+            tokenizer,
+            qa,
+            str(tmp_path / "default.jsonl"),
+            data["videos"],
+            max_new_tokens=NEW_TOKENS,
+            compression=None,
+            template="vicuna_v1",
+        )
 
 
 @torch.no_grad()
@@ -196,17 +241,25 @@ def test_a_benchmark_spec_gives_the_prompt_template_and_token_limit(tmp_path, da
     qa = tmp_path / "qa.jsonl"
     write_jsonl(qa, records)
     spec = tmp_path / "mine_qa.yaml"
-    spec.write_text(f"kind: video_qa\nname: mine\nprompt: \"<video>\\nAnswer in one word. {{question}}\"\n"
-                    f"template: llava_v1\nmax_new_tokens: {NEW_TOKENS}\n")
+    spec.write_text(
+        f'kind: video_qa\nname: mine\nprompt: "<video>\\nAnswer in one word. {{question}}"\n'
+        f"template: llava_v1\nmax_new_tokens: {NEW_TOKENS}\n"
+    )
     expected = {}
     for r in records:
         prompt = LLAVA_V1.render(["<video>\nAnswer in one word. " + r["question"]])
         sample = encode_sample(tokenizer, model.config, prompt, [os.path.join(data["videos"], r["video"])])
         ids = torch.tensor([sample["input_ids"]])
-        out = model.generate(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"],
-                             max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=2,
-                             suppress_tokens=[IMAGE, VIDEO])
-        expected[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            input_ids=ids,
+            pixel_values_videos=sample["pixel_values_videos"],
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=2,
+            suppress_tokens=[IMAGE, VIDEO],
+        )
+        expected[r["question_id"]] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
     out = str(tmp_path / "preds.jsonl")
     run_inference(model, tokenizer, qa, out, data["videos"], compression=None, benchmark=str(spec))
@@ -217,8 +270,16 @@ def test_a_benchmark_spec_gives_the_prompt_template_and_token_limit(tmp_path, da
     assert sidecar["settings"]["template"] == LLAVA_V1.to_dict() and sidecar["run"]["benchmark"] == "mine"
     assert sidecar["settings"]["generation"]["max_new_tokens"] == NEW_TOKENS
     longer = str(tmp_path / "longer.jsonl")  # an explicit token limit wins over the spec's
-    run_inference(model, tokenizer, qa, longer, data["videos"], compression=None, benchmark=str(spec),
-                  max_new_tokens=NEW_TOKENS + 1)
+    run_inference(
+        model,
+        tokenizer,
+        qa,
+        longer,
+        data["videos"],
+        compression=None,
+        benchmark=str(spec),
+        max_new_tokens=NEW_TOKENS + 1,
+    )
     assert settings_of(longer)["settings"]["generation"]["max_new_tokens"] == NEW_TOKENS + 1
 
 
@@ -238,8 +299,9 @@ def test_unreadable_videos_are_failures_and_frame_dirs_are_used(tmp_path, data, 
     ]
     qa, out = tmp_path / "qa.jsonl", str(tmp_path / "preds.jsonl")
     write_jsonl(qa, records)
-    summary = run_inference(model, tokenizer, qa, out, videos, frames_root, batch_size=4,
-                            max_new_tokens=NEW_TOKENS, compression=None)
+    summary = run_inference(
+        model, tokenizer, qa, out, videos, frames_root, batch_size=4, max_new_tokens=NEW_TOKENS, compression=None
+    )
     assert (summary["predicted"], summary["failed"]) == (2, 2)
     preds = {p["question_id"]: p["pred"] for p in read_jsonl(out)}
     from_frames = reference(None, {first["question_id"]: str(clip_dir)})[first["question_id"]]
@@ -256,8 +318,9 @@ def test_unreadable_videos_are_failures_and_frame_dirs_are_used(tmp_path, data, 
 
     # A rerun retries the failures: the video that has appeared is answered, the broken one fails again.
     shutil.copy(videos / first["video"], videos / "missing.mp4")
-    summary = run_inference(model, tokenizer, qa, out, videos, frames_root, batch_size=4,
-                            max_new_tokens=NEW_TOKENS, compression=None)
+    summary = run_inference(
+        model, tokenizer, qa, out, videos, frames_root, batch_size=4, max_new_tokens=NEW_TOKENS, compression=None
+    )
     assert (summary["resumed"], summary["new"], summary["failed"]) == (2, 1, 1)
     assert [f["question_id"] for f in read_jsonl(summary["failures"])] == ["broken"]
     merged = merge_predictions([out], qa, tmp_path / "merged.jsonl")
@@ -270,12 +333,32 @@ def test_two_ranks_write_shards_that_merge(tmp_path, data, model, tokenizer, ref
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     out = str(tmp_path / "preds.jsonl")
-    cmd = [sys.executable, "-m", "video_llavolta.qa_inference", "--model", str(model_dir), "--qa", data["qa"],
-           "--video-root", data["videos"], "--out", out, "--compression", "none", "--batch-size", "3",
-           "--max-new-tokens", str(NEW_TOKENS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "video_llavolta.qa_inference",
+        "--model",
+        str(model_dir),
+        "--qa",
+        data["qa"],
+        "--video-root",
+        data["videos"],
+        "--out",
+        out,
+        "--compression",
+        "none",
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+    ]
     env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    ranks = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    ranks = [
+        subprocess.Popen(
+            cmd, env={**env, "RANK": str(r)}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for r in range(2)
+    ]
     for proc in ranks:
         log, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, log
@@ -296,8 +379,13 @@ def test_merge_checks_every_id_once_and_joins_answers_by_id(tmp_path, data):
     by_id = {r["question_id"]: r for r in records}
 
     def pred(r, **changes):
-        return {"question_id": r["question_id"], "question": r["question"], "answer": r["answer"],
-                "pred": f"p-{r['question_id']}", **changes}
+        return {
+            "question_id": r["question_id"],
+            "question": r["question"],
+            "answer": r["answer"],
+            "pred": f"p-{r['question_id']}",
+            **changes,
+        }
 
     def merge(shard0, shard1, failures1=()):
         paths = [tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"]
@@ -329,8 +417,12 @@ def test_merge_checks_every_id_once_and_joins_answers_by_id(tmp_path, data):
     with pytest.raises(ValueError, match="another question or reference answer"):
         merge(even, [pred(records[1], answer="wrong")] + odd[1:])
 
-    failure = {"question_id": gone, "question": by_id[gone]["question"], "answer": by_id[gone]["answer"],
-               "reason": "VideoDecodeError: broken"}
+    failure = {
+        "question_id": gone,
+        "question": by_id[gone]["question"],
+        "answer": by_id[gone]["answer"],
+        "reason": "VideoDecodeError: broken",
+    }
     summary, out = merge(even, [p for p in odd if p["question_id"] != gone], [failure])
     assert (summary["predicted"], summary["failed"]) == (len(records) - 1, 1)
     assert gone not in {m["question_id"] for m in read_jsonl(out)}

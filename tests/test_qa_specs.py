@@ -1,4 +1,5 @@
 """Video QA benchmark specs: the shipped three pinned to upstream's evaluation, spec errors, the unified QA reader."""
+
 import json
 import os
 
@@ -14,8 +15,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAM_FORMATS = [".mp4", ".avi", ".mov", ".mkv"]
 UPSTREAM_PREFIX = {"msvd": "", "msrvtt": "", "activitynet": "v_"}
 # MILVLG/activitynet-qa dataset/README.md: question types 0-2, answer types of the free questions 3-8.
-ACTIVITYNET_TYPES = ["motion", "spatial_relation", "temporal_relation", "yes_no", "color", "object", "location",
-                     "number", "other"]
+ACTIVITYNET_TYPES = [
+    "motion",
+    "spatial_relation",
+    "temporal_relation",
+    "yes_no",
+    "color",
+    "object",
+    "location",
+    "number",
+    "other",
+]
 
 
 def test_shipped_specs_follow_upstream():
@@ -25,8 +35,12 @@ def test_shipped_specs_follow_upstream():
         spec = load_qa_spec(name)
         assert os.path.basename(path) == f"{name}_qa.yaml" and spec == load_qa_spec(path)
         assert spec.split == "test" and (spec.questions_file, spec.answers_file) == ("test_q.json", "test_a.json")
-        assert (spec.id_field, spec.video_field, spec.question_field, spec.answer_field) == \
-            ("question_id", "video_name", "question", "answer")
+        assert (spec.id_field, spec.video_field, spec.question_field, spec.answer_field) == (
+            "question_id",
+            "video_name",
+            "question",
+            "answer",
+        )
         assert spec.video_file_stem("abc") == UPSTREAM_PREFIX[name] + "abc"
         assert list(spec.video_extensions[:4]) == UPSTREAM_FORMATS
         assert spec.render("what is the man doing?") == "<video>\nwhat is the man doing?"
@@ -66,4 +80,3 @@ def test_unified_qa_reader(tmp_path):
     write(path, "")
     with pytest.raises(ValueError, match="no questions"):
         read_qa(path)
-

@@ -1,4 +1,5 @@
 """Stage schedules (Table 1 / Table 7) and run configs."""
+
 import pathlib
 
 import pytest
@@ -38,10 +39,18 @@ def test_boundaries_are_optimizer_steps():
 
 def test_scheme_files_match_the_tables():
     for name, scheme in SCHEMES.items():
-        from_file = load_config(None, ["output_dir=x", "model.tiny={}", "data.train=[a.json]",
-                                       f"scheme={ROOT / 'configs/schemes' / (name + '.yaml')}"]).scheme_obj()
-        assert [(s.spec, round(s.fraction, 4)) for s in from_file.stages] == \
-            [(s.spec, round(s.fraction, 4)) for s in scheme.stages]
+        from_file = load_config(
+            None,
+            [
+                "output_dir=x",
+                "model.tiny={}",
+                "data.train=[a.json]",
+                f"scheme={ROOT / 'configs/schemes' / (name + '.yaml')}",
+            ],
+        ).scheme_obj()
+        assert [(s.spec, round(s.fraction, 4)) for s in from_file.stages] == [
+            (s.spec, round(s.fraction, 4)) for s in scheme.stages
+        ]
     for a, b in ((25, 75), (75, 25), (90, 10), (100, 0)):
         data = yaml.safe_load((ROOT / f"configs/schemes/two_{a}_{b}.yaml").read_text())
         scheme = Scheme.from_list(data["name"], data["stages"])
@@ -59,8 +68,16 @@ def test_bad_schemes_are_clear_errors():
 
 def test_run_config_validation_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": "out", "model": {"tiny": {"layers": 4}},
-                                    "data": {"train": ["t.json"]}, "optim": {"per_device_batch_size": 2}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": "out",
+                "model": {"tiny": {"layers": 4}},
+                "data": {"train": ["t.json"]},
+                "optim": {"per_device_batch_size": 2},
+            }
+        )
+    )
     cfg = load_config(str(path), ["optim.lr=3e-4", "scheme=two", "data.max_length=128"])
     assert (cfg.optim.lr, cfg.optim.per_device_batch_size, cfg.data.max_length) == (3e-4, 2, 128)
     assert cfg.scheme_obj() is SCHEMES["two"] and cfg.learning_rate == 3e-4

@@ -1,10 +1,11 @@
 """query_attention recomputes one row of a layer's attention map: it must equal the eager map's row."""
+
 import pytest
 import torch
+from tiny_models import pad_batch, text_config
 from transformers import LlamaModel
 
 from image_llavolta.compression.scores import query_attention
-from tiny_models import pad_batch, text_config
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -16,8 +17,13 @@ def test_query_attention_equals_eager_attention_row(side):
     seqs = [torch.randint(3, 80, (n,)).tolist() for n in (11, 7, 9)]
     ids, mask, positions = pad_batch(seqs, side)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
-                    output_attentions=True)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
         rope = model.rotary_emb(out.hidden_states[0], position_ids=positions)
         last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # last real token of each row
         for layer in range(cfg.num_hidden_layers):

@@ -1,4 +1,5 @@
-"""The one settings sidecar reader and settings check that the answering loop, the merge, scoring and the probe share."""
+"""One settings sidecar reader and one settings check, shared by the answering loop, the merge, scoring and probe."""
+
 import json
 
 import pytest
@@ -24,7 +25,9 @@ def test_check_settings_names_every_difference():
     check_settings("p.jsonl", {"a": 1, "b": [2]}, {"b": [2], "a": 1})  # equal: no error
     with pytest.raises(ValueError) as err:
         check_settings("p.jsonl", {"a": 1, "b": 2, "gone": 0}, {"a": 1, "b": 3, "new": 4}, "a sweep")
-    assert str(err.value) == ("p.jsonl holds a sweep made with other settings (b: 2 -> 3; gone: 0 -> None; "
-                              "new: None -> 4); write elsewhere or delete it to start over")
+    assert str(err.value) == (
+        "p.jsonl holds a sweep made with other settings (b: 2 -> 3; gone: 0 -> None; "
+        "new: None -> 4); write elsewhere or delete it to start over"
+    )
     with pytest.raises(ValueError, match=r"p.jsonl holds predictions made with other settings \(a: None -> 1\)"):
         check_settings("p.jsonl", None, {"a": 1})

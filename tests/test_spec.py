@@ -31,12 +31,15 @@ def test_stats_tokens_over_layers_matches_tables():
     assert k2s8.ratio == pytest.approx(18432 / k2s8.tokens_over_layers)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(layer=2, stride=0), "stride must be >= 1"),
-    (dict(layer=-1, stride=2), "layer must be >= 0"),
-    (dict(layer=2, stride=2, method="maxpool"), "method must be one of"),
-    (dict(layer=2.0, stride=2), "layer must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(layer=2, stride=0), "stride must be >= 1"),
+        (dict(layer=-1, stride=2), "layer must be >= 0"),
+        (dict(layer=2, stride=2, method="maxpool"), "method must be one of"),
+        (dict(layer=2.0, stride=2), "layer must be an int"),
+    ],
+)
 def test_bad_spec_is_a_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompressionSpec(**kwargs)

@@ -4,6 +4,7 @@ The checks follow what transformers' model tests (ModelTesterMixin, GenerationTe
 and Video-LLaVA classes: the output class and its keys, static caches and compiled generation, prepared 4D masks,
 the forward signature that `generate` filters by, the initialisation of weights missing from a checkpoint.
 """
+
 import copy
 import inspect
 import os
@@ -13,8 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_compressed_forward import llava_inputs, video_inputs
 from tiny_models import IMAGE, VIDEO, pixels, tiny_llava, tiny_video_llava
-from transformers import (CompileConfig, LlavaForConditionalGeneration, LogitsProcessor,
-                          VideoLlavaForConditionalGeneration)
+from transformers import (
+    CompileConfig,
+    LlavaForConditionalGeneration,
+    LogitsProcessor,
+    VideoLlavaForConditionalGeneration,
+)
 from transformers.cache_utils import Cache
 
 from image_llavolta.compression import CompressionSpec, enable_compression
@@ -125,10 +130,13 @@ def test_the_spec_is_parsed_once_per_config_value():
     assert ours.compression_spec == CompressionSpec(1, 2)
 
 
-@pytest.mark.parametrize("ours_cls,stock_cls", [
-    (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration),
-    (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration),
-])
+@pytest.mark.parametrize(
+    "ours_cls,stock_cls",
+    [
+        (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration),
+        (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration),
+    ],
+)
 def test_forward_signature_is_the_stock_one_plus_the_compression_arguments(ours_cls, stock_cls):
     ours = inspect.signature(ours_cls.forward).parameters
     stock = inspect.signature(stock_cls.forward).parameters
@@ -155,14 +163,22 @@ def drop_weights(folder, patterns):
 
 
 # A vision attention block (CLIP scales its projections), CLIP's embeddings, a decoder layer, the projector, the head.
-MISSING = ("encoder.layers.0.self_attn.", "class_embedding", "language_model.model.layers.1.", "multi_modal_projector",
-           "lm_head")
+MISSING = (
+    "encoder.layers.0.self_attn.",
+    "class_embedding",
+    "language_model.model.layers.1.",
+    "multi_modal_projector",
+    "lm_head",
+)
 
 
-@pytest.mark.parametrize("ours_cls,make", [
-    (LlavoltaForConditionalGeneration, tiny_llava),
-    (VideoLlavoltaForConditionalGeneration, tiny_video_llava),
-])
+@pytest.mark.parametrize(
+    "ours_cls,make",
+    [
+        (LlavoltaForConditionalGeneration, tiny_llava),
+        (VideoLlavoltaForConditionalGeneration, tiny_video_llava),
+    ],
+)
 def test_weights_missing_from_a_checkpoint_initialise_as_stock(tmp_path, ours_cls, make):
     stock = make()
     stock.save_pretrained(tmp_path)
@@ -175,10 +191,13 @@ def test_weights_missing_from_a_checkpoint_initialise_as_stock(tmp_path, ours_cl
     assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
 
 
-@pytest.mark.parametrize("ours_cls,stock_cls,make", [
-    (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration, tiny_llava),
-    (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration, tiny_video_llava),
-])
+@pytest.mark.parametrize(
+    "ours_cls,stock_cls,make",
+    [
+        (LlavoltaForConditionalGeneration, LlavaForConditionalGeneration, tiny_llava),
+        (VideoLlavoltaForConditionalGeneration, VideoLlavaForConditionalGeneration, tiny_video_llava),
+    ],
+)
 def test_a_model_built_from_a_config_initialises_as_stock(ours_cls, stock_cls, make):
     config = make().config
     torch.manual_seed(3)
@@ -199,8 +218,11 @@ def test_missing_temporal_weights_take_clips_and_languagebinds_initialisation(tm
     vision = config.vision_config
     dim, depth, factor = vision.hidden_size, vision.num_hidden_layers, vision.initializer_factor
     # CLIP's `_init_weights` for attention blocks and LanguageBind's time embedding (std of ~dim² draws each)
-    expected = {"temporal_attn.q_proj.weight": dim**-0.5 * (2 * depth) ** -0.5 * factor,
-                "temporal_attn.out_proj.weight": dim**-0.5 * factor, "temporal_embedding": dim**-0.5}
+    expected = {
+        "temporal_attn.q_proj.weight": dim**-0.5 * (2 * depth) ** -0.5 * factor,
+        "temporal_attn.out_proj.weight": dim**-0.5 * factor,
+        "temporal_embedding": dim**-0.5,
+    }
     for layer in model.model.video_tower.encoder.layers:
         params = dict(layer.named_parameters())
         for name, std in expected.items():
@@ -232,9 +254,16 @@ def test_a_generated_placeholder_id_is_decoded_as_text(kind, placeholder):
     prompt = batch["input_ids"].shape[1]
     runs = {}
     for token in (placeholder, text_id):
-        runs[token] = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0,
-                                     logits_processor=[ForceToken(prompt, 1, token)], output_logits=True,
-                                     return_dict_in_generate=True)
+        runs[token] = model.generate(
+            **batch,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            logits_processor=[ForceToken(prompt, 1, token)],
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     with_placeholder, with_text = runs[placeholder], runs[text_id]
     assert bool((with_placeholder.sequences[:, prompt + 1] == placeholder).all())
     for got, expected in zip(with_placeholder.logits, with_text.logits):

@@ -2,8 +2,9 @@ from image_llavolta.tables import format_table, percent
 
 
 def test_columns_align_labels_left_numbers_right_and_none_reads_as_dash():
-    text = format_table([["single", 0.5, None], ["four_stage", 12, "x"]], headers=["scheme", "acc", "note"],
-                        title="results")
+    text = format_table(
+        [["single", 0.5, None], ["four_stage", 12, "x"]], headers=["scheme", "acc", "note"], title="results"
+    )
     assert text.split("\n") == [
         "results",
         "scheme      acc  note",

@@ -1,4 +1,5 @@
 """The quickstart's video-tower pretraining: patch labels against the rendered pixels, learning, what it touches."""
+
 from __future__ import annotations
 
 from unittest import mock
@@ -9,10 +10,9 @@ import torch
 
 import data_prep.synthetic as syn
 from data_prep.extract import extract_frames
+from llavolta.tower_pretrain import TARGETS, TowerPretrainConfig, load_patch_targets, lr_factor, pretrain_video_tower
 from video_llavolta.configs import tiny_video_llava_config
 from video_llavolta.models.video_llava import build_model
-from llavolta.tower_pretrain import (TARGETS, TowerPretrainConfig, load_patch_targets, lr_factor,
-                                           pretrain_video_tower)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,15 +69,17 @@ def synthetic(tmp_path_factory):
 
 
 def tiny_model():
-    config = tiny_video_llava_config(layers=1, hidden=32, image_size=32, patch_size=8, num_frames=4,
-                                     vision={"hidden": 32, "layers": 2, "heads": 2})
+    config = tiny_video_llava_config(
+        layers=1, hidden=32, image_size=32, patch_size=8, num_frames=4, vision={"hidden": 32, "layers": 2, "heads": 2}
+    )
     return build_model(config, seed=0)
 
 
 def test_targets_line_up_with_the_extracted_frames(synthetic):
     model = tiny_model()
-    pixels, labels = load_patch_targets(str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"),
-                                        model.config)
+    pixels, labels = load_patch_targets(
+        str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"), model.config
+    )
     assert pixels.shape == (12, 4, 3, 32, 32) and labels["colour"].shape == labels["shape"].shape == (12, 4, 16)
     # Where a patch is labelled with a colour, the decoded frame's pixels there are mostly that colour.
     means = pixels.unflatten(-1, (4, 8)).unflatten(-3, (4, 8)).mean(dim=(-1, -3))  # (N, T, 3, 4, 4) per patch
@@ -90,11 +92,13 @@ def test_targets_line_up_with_the_extracted_frames(synthetic):
 
 def test_pretraining_learns_and_touches_only_the_video_tower(synthetic):
     model = tiny_model()
-    pixels, labels = load_patch_targets(str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"),
-                                        model.config)
+    pixels, labels = load_patch_targets(
+        str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"), model.config
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = pretrain_video_tower(model, pixels, labels, TowerPretrainConfig(steps=200, batch_size=32, lr=3e-3),
-                                  progress=False)
+    report = pretrain_video_tower(
+        model, pixels, labels, TowerPretrainConfig(steps=200, batch_size=32, lr=3e-3), progress=False
+    )
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("model.video_tower.") for k in changed)
@@ -107,10 +111,12 @@ def test_pretraining_is_deterministic(synthetic):
     reports, weights = [], []
     for _ in range(2):
         model = tiny_model()
-        pixels, labels = load_patch_targets(str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"),
-                                            model.config)
-        reports.append(pretrain_video_tower(model, pixels, labels, TowerPretrainConfig(steps=5, batch_size=2),
-                                            progress=False))
+        pixels, labels = load_patch_targets(
+            str(synthetic / "syn" / "metadata.jsonl"), str(synthetic / "frames"), model.config
+        )
+        reports.append(
+            pretrain_video_tower(model, pixels, labels, TowerPretrainConfig(steps=5, batch_size=2), progress=False)
+        )
         weights.append(model.model.video_tower.state_dict())
     assert reports[0]["final_loss"] == reports[1]["final_loss"]
     for key in weights[0]:
@@ -125,13 +131,27 @@ def test_lr_warms_up_holds_then_falls_to_zero():
     labels = {name: torch.zeros(2, 4, 16, dtype=torch.long) for name in TARGETS}
     seen = []
     with mock.patch("torch.optim.AdamW.step", lambda self, *a, **k: seen.append(self.param_groups[0]["lr"])):
-        pretrain_video_tower(model, pixels, labels, progress=False,
-                             config=TowerPretrainConfig(steps=10, lr=1e-3, batch_size=2, decay_share=0.5))
+        pretrain_video_tower(
+            model,
+            pixels,
+            labels,
+            progress=False,
+            config=TowerPretrainConfig(steps=10, lr=1e-3, batch_size=2, decay_share=0.5),
+        )
     assert seen == pytest.approx([1e-3] * 6 + [8e-4, 6e-4, 4e-4, 2e-4])  # warm-up rounds to one step
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_size=0), dict(lr=0.0), dict(min_cover=1.5),
-                                 dict(decay_share=0.0), dict(decay_share=1.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(steps=0),
+        dict(batch_size=0),
+        dict(lr=0.0),
+        dict(min_cover=1.5),
+        dict(decay_share=0.0),
+        dict(decay_share=1.5),
+    ],
+)
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="tower pretraining"):
         TowerPretrainConfig(**bad).validate()

@@ -1,4 +1,5 @@
 """LanguageBind's temporal attention in the video tower, against a reference written with einops."""
+
 import pytest
 import torch
 from einops import rearrange

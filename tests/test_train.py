@@ -1,4 +1,5 @@
 """Staged training end to end on the synthetic data set: stages by optimizer step, resume, failures, DeepSpeed."""
+
 import json
 import os
 import subprocess
@@ -6,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from helpers import llavolta
 from transformers import TrainerCallback
 
-from helpers import llavolta
 from image_llavolta.train_config import load_config
 from video_llavolta.checkpoint import load_pretrained
 from video_llavolta.train import train
@@ -20,8 +21,24 @@ SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction":
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    subprocess.run([sys.executable, "-m", "data_prep", "make-synthetic", "--out", str(root), "--num-train", "12",
-                    "--num-test", "2", "--seed", "3"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep",
+            "make-synthetic",
+            "--out",
+            str(root),
+            "--num-train",
+            "12",
+            "--num-test",
+            "2",
+            "--seed",
+            "3",
+        ],
+        check=True,
+        capture_output=True,
+    )
     records = json.loads((root / "train.json").read_text())  # 1-3 conversations per video: 26 in all
     (root / "train24.json").write_text(json.dumps(records[:24]))
     return root
@@ -29,9 +46,15 @@ def synthetic(tmp_path_factory):
 
 def run_overrides(root, out, *overrides):
     return [
-        f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
-        f"data.train=[{root / 'train24.json'}]", f"data.video_root={root / 'videos'}", "data.max_length=512",
-        "optim.per_device_batch_size=4", "optim.lr=1e-3", f"scheme={json.dumps(SCHEME)}", "logging_steps=100",
+        f"output_dir={out}",
+        "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
+        f"data.train=[{root / 'train24.json'}]",
+        f"data.video_root={root / 'videos'}",
+        "data.max_length=512",
+        "optim.per_device_batch_size=4",
+        "optim.lr=1e-3",
+        f"scheme={json.dumps(SCHEME)}",
+        "logging_steps=100",
         *overrides,
     ]
 
@@ -57,12 +80,30 @@ def test_each_stage_runs_its_spec_and_the_checkpoint_carries_the_last(synthetic,
     assert report["visual_tokens_over_layers"] == first["visual_tokens_over_layers"] + last["visual_tokens_over_layers"]
     table = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("stage "))
-    assert table[header].split() == ["stage", "steps", "time", "s", "samples/s", "vis", "in", "vis", "out", "#Tokens",
-                                     "CR", "loss"]
+    assert table[header].split() == [
+        "stage",
+        "steps",
+        "time",
+        "s",
+        "samples/s",
+        "vis",
+        "in",
+        "vis",
+        "out",
+        "#Tokens",
+        "CR",
+        "loss",
+    ]
     assert table[header + 2].split()[:2] == ["K=1,S=4", "3"] and table[header + 3].split()[:2] == ["none", "3"]
     assert table[header + 2].split()[6] == str(first["visual_tokens_over_layers"])
-    assert report["stage_by_step"] == {"0": "K=1,S=4", "1": "K=1,S=4", "2": "K=1,S=4",
-                                       "3": "none", "4": "none", "5": "none"}
+    assert report["stage_by_step"] == {
+        "0": "K=1,S=4",
+        "1": "K=1,S=4",
+        "2": "K=1,S=4",
+        "3": "none",
+        "4": "none",
+        "5": "none",
+    }
     saved = json.loads((tmp_path / "run" / "train_report.json").read_text())
     assert saved["stages"] == report["stages"]
     model = load_pretrained(tmp_path / "run")
@@ -134,18 +175,30 @@ def test_zero2_step_through_the_deepspeed_engine(synthetic, tmp_path):
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
     out = tmp_path / "ds"
     overrides = [
-        f"output_dir={out}", "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
-        f"data.train=[{synthetic / 'train24.json'}]", f"data.video_root={synthetic / 'videos'}", "data.max_length=512",
-        "optim.per_device_batch_size=4", f"scheme={json.dumps(SCHEME)}", "optim.max_steps=2",
+        f"output_dir={out}",
+        "model.tiny={layers: 2, hidden: 32, image_size: 28, patch_size: 7}",
+        f"data.train=[{synthetic / 'train24.json'}]",
+        f"data.video_root={synthetic / 'videos'}",
+        "data.max_length=512",
+        "optim.per_device_batch_size=4",
+        f"scheme={json.dumps(SCHEME)}",
+        "optim.max_steps=2",
         f"deepspeed={root}/configs/deepspeed/zero2.json",
     ]
-    code = ("import sys, video_llavolta.train as t, transformers as tr; "
-            "orig = tr.Trainer.create_optimizer\n"
-            "def spy(self, *a, **k):\n    o = orig(self, *a, **k); print('ENGINE', self.is_deepspeed_enabled); return o\n"
-            "tr.Trainer.create_optimizer = spy; t.main(sys.argv[1:])")
+    code = (
+        "import sys, video_llavolta.train as t, transformers as tr; "
+        "orig = tr.Trainer.create_optimizer\n"
+        "def spy(self, *a, **k):\n    o = orig(self, *a, **k); print('ENGINE', self.is_deepspeed_enabled); return o\n"
+        "tr.Trainer.create_optimizer = spy; t.main(sys.argv[1:])"
+    )
     (tmp_path / "ds.yaml").write_text("{}\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds.yaml"), *overrides], env=env,
-                         capture_output=True, text=True, cwd=root)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ds.yaml"), *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ENGINE True" in run.stdout
     report = json.loads((out / "train_report.json").read_text())
@@ -161,6 +214,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(synthetic, tmp_path):
     trained = load_pretrained(tmp_path / "lora").state_dict()  # merged: plain weight names, strict load
     fresh = load_pretrained(tmp_path / "lora")  # same architecture...
     from video_llavolta.models.video_llava import build_model
+
     initial = build_model(fresh.config, seed=0).state_dict()  # ...and the run's initial weights (seed 0)
     changed = {k for k in trained if not torch.equal(trained[k], initial[k])}
     assert any(".self_attn.q_proj." in k for k in changed)  # W + BA merged in

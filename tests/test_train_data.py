@@ -1,4 +1,5 @@
 """Training data: conversation labels, the mixed image/video dataset, failures, batching and the modality sampler."""
+
 import json
 import os
 from collections import Counter
@@ -18,8 +19,13 @@ from image_llavolta.conversation import VICUNA_V1, tokenize_prompt
 from image_llavolta.labels import IGNORE_INDEX, encode_conversation
 from image_llavolta.processing import process_image
 from video_llavolta.configs import placeholder_tokens
-from video_llavolta.data import (InstructionDataset, ModalityLengthGroupedSampler, SampleFailure, TrainCollator,
-                                 frame_dir_name)
+from video_llavolta.data import (
+    InstructionDataset,
+    ModalityLengthGroupedSampler,
+    SampleFailure,
+    TrainCollator,
+    frame_dir_name,
+)
 from video_llavolta.frames import read_frames, write_frame_dir
 from video_llavolta.processing import process_frames
 
@@ -32,11 +38,18 @@ def turns(*values):
 
 
 VIDEO_RECORDS = [
-    {"id": "vid-multi", "video": "clips/a.mp4",
-     "conversations": turns("<video>\nwhat colour is the square ?", "red", "is the square moving ?",
-                            "the square is moving right .")},
-    {"id": 7, "video": ["clips/b.mp4", "c.mp4"],
-     "conversations": turns("<video> and <video>\nhow many objects are there ?", "two")},
+    {
+        "id": "vid-multi",
+        "video": "clips/a.mp4",
+        "conversations": turns(
+            "<video>\nwhat colour is the square ?", "red", "is the square moving ?", "the square is moving right ."
+        ),
+    },
+    {
+        "id": 7,
+        "video": ["clips/b.mp4", "c.mp4"],
+        "conversations": turns("<video> and <video>\nhow many objects are there ?", "two"),
+    },
     {"id": "vid-missing", "video": "clips/missing.mp4", "conversations": turns("<video>\nwhat ?", "one")},
     {"id": "vid-corrupt", "video": "clips/corrupt.mp4", "conversations": turns("<video>\nwhat ?", "one")},
     {"id": "vid-long", "video": "c.mp4", "conversations": turns("<video>\n" + "what " * 250, "one")},
@@ -44,8 +57,11 @@ VIDEO_RECORDS = [
 ]
 IMAGE_TEXT_RECORDS = [
     {"id": "img-one", "image": "red.png", "conversations": turns("<image>\nwhat colour is the image ?", "red .")},
-    {"id": "img-two", "image": ["red.png", "sq.jpg"],
-     "conversations": turns("<image> <image>\nhow many shape ?", "one circle and one square")},
+    {
+        "id": "img-two",
+        "image": ["red.png", "sq.jpg"],
+        "conversations": turns("<image> <image>\nhow many shape ?", "one circle and one square"),
+    },
     {"id": "img-bad", "image": "bad.png", "conversations": turns("<image>\nwhat ?", "one")},
     {"id": "text-only", "conversations": turns("what is red ?", "a colour .", "and blue ?", "the colour blue .")},
 ]
@@ -114,8 +130,11 @@ def trained_runs(labels):
 # --- conversation -> (input_ids, labels) -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("record", [VIDEO_RECORDS[0], VIDEO_RECORDS[1], IMAGE_TEXT_RECORDS[1], IMAGE_TEXT_RECORDS[3]],
-                         ids=lambda r: str(r["id"]))
+@pytest.mark.parametrize(
+    "record",
+    [VIDEO_RECORDS[0], VIDEO_RECORDS[1], IMAGE_TEXT_RECORDS[1], IMAGE_TEXT_RECORDS[3]],
+    ids=lambda r: str(r["id"]),
+)
 def test_conversation_ids_and_labels(tokenizer, model, record):
     ids, labels = encode_conversation(tokenizer, record["conversations"], placeholder_tokens(model.config))
     assert ids == expected_ids(tokenizer, model, record)  # piecewise tokenization changes no id
@@ -142,14 +161,17 @@ def test_training_prompt_equals_inference_prompt(tokenizer, model):
     assert single[:first] == tokenize_prompt(tokenizer, VICUNA_V1.render(values[:1]), placeholders)
 
 
-@pytest.mark.parametrize("conversations, match", [
-    (turns("hello", "hi")[::-1], "roles"),  # gpt first
-    (turns("hello", "hi", "more ?"), "end with gpt"),
-    (turns("hello", "hi") + turns("again", "hi")[1:], "roles"),  # gpt twice in a row
-    ([{"from": "user", "value": "hello"}, {"from": "gpt", "value": "hi"}], "turn 0 must be"),
-    ([], "non-empty list"),
-    (turns("<video>\nhello", "look : <image>"), "gpt turn contains a visual placeholder"),
-])
+@pytest.mark.parametrize(
+    "conversations, match",
+    [
+        (turns("hello", "hi")[::-1], "roles"),  # gpt first
+        (turns("hello", "hi", "more ?"), "end with gpt"),
+        (turns("hello", "hi") + turns("again", "hi")[1:], "roles"),  # gpt twice in a row
+        ([{"from": "user", "value": "hello"}, {"from": "gpt", "value": "hi"}], "turn 0 must be"),
+        ([], "non-empty list"),
+        (turns("<video>\nhello", "look : <image>"), "gpt turn contains a visual placeholder"),
+    ],
+)
 def test_bad_conversation_names_the_sample(tokenizer, model, conversations, match):
     with pytest.raises(ValueError, match=rf"sample 'rec-9': .*{match}"):
         encode_conversation(tokenizer, conversations, placeholder_tokens(model.config), sample_id="rec-9")
@@ -158,22 +180,35 @@ def test_bad_conversation_names_the_sample(tokenizer, model, conversations, matc
 # --- loading and validating the JSON ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content, match", [
-    ("[{", r"cannot read instruction data"),
-    ('{"id": "x"}', r"expected a JSON list of records, got dict"),
-    (json.dumps([IMAGE_TEXT_RECORDS[3], ["x"]]), r"record 1 \(id None\): expected an object"),
-    (json.dumps([{"conversations": turns("a", "b")}]), r"record 0 \(id None\): 'id' must be"),
-    (json.dumps([IMAGE_TEXT_RECORDS[3], {"id": "b", "conversations": turns("a", "b")[::-1]}]),
-     r"record 1 \(id 'b'\): roles \['gpt', 'human'\]"),
-    (json.dumps([{"id": "v", "video": "a.mp4", "conversations": turns("what ?", "one")}]),
-     r"record 0 \(id 'v'\): 0 x <video> in the human turns but 1 video file\(s\)"),
-    (json.dumps([{"id": "i", "conversations": turns("<image>\nwhat ?", "one")}]),
-     r"record 0 \(id 'i'\): 1 x <image> in the human turns but 0 image file\(s\)"),
-    (json.dumps([{"id": "g", "image": "a.png", "conversations": turns("<image>\nwhat ?", "<image>")}]),
-     r"record 0 \(id 'g'\): 0 x <image> in the human turns but 1|gpt turn contains <image>"),
-    (json.dumps([{"id": 3, "video": 5, "conversations": turns("<video>", "one")}]),
-     r"record 0 \(id 3\): 'video' must be a non-empty path or list of paths"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[{", r"cannot read instruction data"),
+        ('{"id": "x"}', r"expected a JSON list of records, got dict"),
+        (json.dumps([IMAGE_TEXT_RECORDS[3], ["x"]]), r"record 1 \(id None\): expected an object"),
+        (json.dumps([{"conversations": turns("a", "b")}]), r"record 0 \(id None\): 'id' must be"),
+        (
+            json.dumps([IMAGE_TEXT_RECORDS[3], {"id": "b", "conversations": turns("a", "b")[::-1]}]),
+            r"record 1 \(id 'b'\): roles \['gpt', 'human'\]",
+        ),
+        (
+            json.dumps([{"id": "v", "video": "a.mp4", "conversations": turns("what ?", "one")}]),
+            r"record 0 \(id 'v'\): 0 x <video> in the human turns but 1 video file\(s\)",
+        ),
+        (
+            json.dumps([{"id": "i", "conversations": turns("<image>\nwhat ?", "one")}]),
+            r"record 0 \(id 'i'\): 1 x <image> in the human turns but 0 image file\(s\)",
+        ),
+        (
+            json.dumps([{"id": "g", "image": "a.png", "conversations": turns("<image>\nwhat ?", "<image>")}]),
+            r"record 0 \(id 'g'\): 0 x <image> in the human turns but 1|gpt turn contains <image>",
+        ),
+        (
+            json.dumps([{"id": 3, "video": 5, "conversations": turns("<video>", "one")}]),
+            r"record 0 \(id 3\): 'video' must be a non-empty path or list of paths",
+        ),
+    ],
+)
 def test_bad_instruction_file_names_file_and_record(tmp_path, tokenizer, model, content, match):
     path = tmp_path / "train.json"
     path.write_text(content)
@@ -202,8 +237,9 @@ def test_samples_have_labels_and_pixels(data, tokenizer, model):
     assert image["modality"] == "image" and "pixel_values_videos" not in image
     assert two_images["pixel_values"].shape == (2, 3, 28, 28)
     with Image.open(data / "images" / "sq.jpg") as im:  # "pad" to square, then LanguageBind's transform
-        assert torch.equal(two_images["pixel_values"][1],
-                           process_image(im.convert("RGB"), 28, pad_to_square=True, mode="languagebind"))
+        assert torch.equal(
+            two_images["pixel_values"][1], process_image(im.convert("RGB"), 28, pad_to_square=True, mode="languagebind")
+        )
     text = ds[INDEX["text-only"]]
     assert text["modality"] == "text" and not {"pixel_values", "pixel_values_videos"} & set(text)
 
@@ -211,8 +247,7 @@ def test_samples_have_labels_and_pixels(data, tokenizer, model):
 def test_failures_are_reported_not_replaced(data, tokenizer, model):
     ds = dataset(data, tokenizer, model)
     missing, corrupt = ds[INDEX["vid-missing"]], ds[INDEX["vid-corrupt"]]
-    assert missing == SampleFailure("vid-missing", str(data / "videos" / "clips" / "missing.mp4"),
-                                    missing.reason)
+    assert missing == SampleFailure("vid-missing", str(data / "videos" / "clips" / "missing.mp4"), missing.reason)
     assert missing.reason.startswith("VideoNotFoundError")
     assert corrupt.id == "vid-corrupt" and corrupt.path == str(data / "videos" / "clips" / "corrupt.mp4")
     assert corrupt.reason.startswith("VideoDecodeError")
@@ -390,8 +425,9 @@ def test_sampler_megabatches_group_lengths():
     # one megabatch covers a whole modality: its batches hold disjoint, consecutive length ranges
     sampler = ModalityLengthGroupedSampler(lengths, modalities, global_batch_size=4, seed=2, megabatch=100)
     for m in ("video", "image", "text"):
-        spans = sorted(([lengths[i] for i in b] for b in sampler.global_batches() if modalities[b[0]] == m),
-                       key=max, reverse=True)
+        spans = sorted(
+            ([lengths[i] for i in b] for b in sampler.global_batches() if modalities[b[0]] == m), key=max, reverse=True
+        )
         assert all(min(a) >= max(b) for a, b in zip(spans, spans[1:]))
     # megabatch=1: no sorting across batches, but the modality is still shuffled (batches differ per epoch)
     small = ModalityLengthGroupedSampler(lengths, modalities, global_batch_size=4, seed=2, megabatch=1)

@@ -1,9 +1,17 @@
 """Tiny random-initialised LLaVA / Video-LLaVA models and inputs for the tests (no downloads)."""
+
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlamaModel, LlavaConfig, LlavaForConditionalGeneration
-from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
+)
 
 IMAGE, VIDEO, PAD = 90, 91, 0
 PATCHES = 16  # 28 px / 7 px patches → 4×4; an image gives 16 tokens (CLS dropped), a frame 17 (CLS kept)
@@ -11,29 +19,55 @@ FRAMES = 8
 
 
 def text_config(**overrides) -> LlamaConfig:
-    cfg = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    cfg = dict(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     cfg.update(overrides)
     return LlamaConfig(**cfg)
 
 
 def vision_config() -> CLIPVisionConfig:
-    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=28, patch_size=7, projection_dim=32)
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+        projection_dim=32,
+    )
 
 
 def tiny_llava(attn="sdpa", seed=0, **text_overrides) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
-    cfg = LlavaConfig(vision_config=vision_config(), text_config=text_config(**text_overrides),
-                      image_token_index=IMAGE, image_seq_length=PATCHES)
+    cfg = LlavaConfig(
+        vision_config=vision_config(),
+        text_config=text_config(**text_overrides),
+        image_token_index=IMAGE,
+        image_seq_length=PATCHES,
+    )
     return LlavaForConditionalGeneration._from_config(cfg, attn_implementation=attn).eval()
 
 
 def tiny_video_llava(attn="sdpa", seed=0, **text_overrides) -> VideoLlavaForConditionalGeneration:
     torch.manual_seed(seed)
-    cfg = VideoLlavaConfig(vision_config=vision_config(), text_config=text_config(**text_overrides),
-                           image_token_index=IMAGE, video_token_index=VIDEO, image_seq_length=PATCHES,
-                           video_seq_length=FRAMES * (PATCHES + 1))
+    cfg = VideoLlavaConfig(
+        vision_config=vision_config(),
+        text_config=text_config(**text_overrides),
+        image_token_index=IMAGE,
+        video_token_index=VIDEO,
+        image_seq_length=PATCHES,
+        video_seq_length=FRAMES * (PATCHES + 1),
+    )
     return VideoLlavaForConditionalGeneration._from_config(cfg, attn_implementation=attn).eval()
 
 
@@ -77,12 +111,13 @@ def segment_lengths(model) -> dict[int, int]:
 
 def windows(segment: list[int], stride: int, **_) -> list[list[int]]:
     """Average pooling's groups: S consecutive tokens of the segment (the last window may be shorter)."""
-    return [segment[w:w + stride] for w in range(0, len(segment), stride)]
+    return [segment[w : w + stride] for w in range(0, len(segment), stride)]
 
 
 @torch.no_grad()
-def reference_logits(model, ids: list[int], layer: int, stride: int, groups=windows, attentions=False,
-                     **pixel_inputs) -> torch.Tensor:
+def reference_logits(
+    model, ids: list[int], layer: int, stride: int, groups=windows, attentions=False, **pixel_inputs
+) -> torch.Tensor:
     """Compressed logits of ONE unpadded sample, written independently of the library.
 
     Stock forward up to layer K (its hidden_states[K]), pooling in plain Python loops, then a separately
@@ -96,14 +131,22 @@ def reference_logits(model, ids: list[int], layer: int, stride: int, groups=wind
     text = model.model.language_model
     input_ids = torch.tensor([ids])
     stock = Stock if isinstance(model, Stock) else VideoLlavaForConditionalGeneration
-    out = stock.forward(model, input_ids=input_ids, output_hidden_states=True, output_attentions=attentions,
-                        use_cache=False, **pixel_inputs)
+    out = stock.forward(
+        model,
+        input_ids=input_ids,
+        output_hidden_states=True,
+        output_attentions=attentions,
+        use_cache=False,
+        **pixel_inputs,
+    )
     hidden = out.hidden_states[layer][0]
     lengths = segment_lengths(model)
     pooled, positions, i, ordinal = [], [], 0, 0
     while i < len(ids):
         if ids[i] not in lengths:
-            pooled.append(hidden[i]); positions.append(i); i += 1
+            pooled.append(hidden[i])
+            positions.append(i)
+            i += 1
             continue
         run_end = i
         while run_end < len(ids) and ids[run_end] == ids[i]:
@@ -122,6 +165,9 @@ def reference_logits(model, ids: list[int], layer: int, stride: int, groups=wind
     for j in range(n - layer):
         tail.layers[j].load_state_dict(text.layers[layer + j].state_dict())
     tail.norm.load_state_dict(text.norm.state_dict())
-    h = tail(inputs_embeds=torch.stack(pooled)[None], position_ids=torch.tensor([positions]),
-             attention_mask=torch.ones(1, len(pooled), dtype=torch.long)).last_hidden_state
+    h = tail(
+        inputs_embeds=torch.stack(pooled)[None],
+        position_ids=torch.tensor([positions]),
+        attention_mask=torch.ones(1, len(pooled), dtype=torch.long),
+    ).last_hidden_state
     return model.lm_head(h)[0]

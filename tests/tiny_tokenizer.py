@@ -1,11 +1,14 @@
 """A word-level tokenizer built in-process (no downloads): <pad> 0, <s> 1, </s> 2, <unk> 3, then the words."""
+
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-WORDS = ("a chat between curious user and an artificial intelligence assistant the gives helpful detailed polite "
-         "answers to 's questions USER ASSISTANT : . ? what colour is shape red green blue circle square moving "
-         "left right up down how many objects are there in video image one two three").split()
+WORDS = (
+    "a chat between curious user and an artificial intelligence assistant the gives helpful detailed polite "
+    "answers to 's questions USER ASSISTANT : . ? what colour is shape red green blue circle square moving "
+    "left right up down how many objects are there in video image one two three"
+).split()
 
 
 def word_tokenizer(size: int) -> PreTrainedTokenizerFast:
@@ -15,5 +18,6 @@ def word_tokenizer(size: int) -> PreTrainedTokenizerFast:
     assert len(vocab) == size
     core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )

@@ -29,6 +29,7 @@ that convert-qa writes (and the synthetic set's test split) has one question a l
 plus "type" when the benchmark names question types. This module imports neither torch nor transformers, so data
 preparation can read specs without the model code.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,32 +87,40 @@ class VideoQASpec:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or os.sep in self.name:
             raise ValueError(f"benchmark name must be a non-empty string without {os.sep!r}, got {self.name!r}")
-        names = ("split", "questions_file", "answers_file", "id_field", "video_field", "question_field",
-                 "answer_field")
+        names = ("split", "questions_file", "answers_file", "id_field", "video_field", "question_field", "answer_field")
         for name in names:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.type_field is not None and (not isinstance(self.type_field, str) or not self.type_field):
             raise ValueError(f"type_field must be a field name or null, got {self.type_field!r}")
         if not isinstance(self.type_names, dict) or not all(
-                isinstance(k, (int, str)) and not isinstance(k, bool) and isinstance(v, str) and v
-                for k, v in self.type_names.items()):
+            isinstance(k, (int, str)) and not isinstance(k, bool) and isinstance(v, str) and v
+            for k, v in self.type_names.items()
+        ):
             raise ValueError(f"type_names must map type values to non-empty names, got {self.type_names!r}")
         if self.type_names and self.type_field is None:
             raise ValueError("type_names needs a type_field to read the types from")
         if not isinstance(self.video_prefix, str):
             raise ValueError(f"video_prefix must be a string, got {self.video_prefix!r}")
         extensions = self.video_extensions
-        if isinstance(extensions, str) or not extensions or not all(
-                isinstance(e, str) and e.startswith(".") and len(e) > 1 for e in extensions):
+        if (
+            isinstance(extensions, str)
+            or not extensions
+            or not all(isinstance(e, str) and e.startswith(".") and len(e) > 1 for e in extensions)
+        ):
             raise ValueError(f"video_extensions must be a list of extensions like .mp4, got {extensions!r}")
         object.__setattr__(self, "video_extensions", tuple(e.lower() for e in extensions))
-        fields_used = [f for _, f, _, _ in string.Formatter().parse(self.prompt)] if isinstance(self.prompt, str) \
-            else None
-        if fields_used is None or [f for f in fields_used if f is not None] != ["question"] or \
-                "<video>" not in self.prompt:
-            raise ValueError(f"prompt must hold <video> and {{question}} once (and no other {{field}}), "
-                             f"got {self.prompt!r}")
+        fields_used = (
+            [f for _, f, _, _ in string.Formatter().parse(self.prompt)] if isinstance(self.prompt, str) else None
+        )
+        if (
+            fields_used is None
+            or [f for f in fields_used if f is not None] != ["question"]
+            or "<video>" not in self.prompt
+        ):
+            raise ValueError(
+                f"prompt must hold <video> and {{question}} once (and no other {{field}}), got {self.prompt!r}"
+            )
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.template is not None and self.template not in TEMPLATES:

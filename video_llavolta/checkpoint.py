@@ -1,4 +1,5 @@
 """Loading Video-LLaVA checkpoints (Hugging Face layout) with the toolkit's towers and compression setting."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,11 @@ def load_pretrained(
         setattr(config, TEMPORAL_KEY, temporal)
     try:
         model, missing, unexpected = load_model(
-            VideoLlavoltaForConditionalGeneration, path, config,
-            allow=is_temporal_key if ignore_temporal_mismatch else lambda key: False, **kwargs,
+            VideoLlavoltaForConditionalGeneration,
+            path,
+            config,
+            allow=is_temporal_key if ignore_temporal_mismatch else lambda key: False,
+            **kwargs,
         )
     except CheckpointMismatchError as err:
         if "temporal_" not in str(err):
@@ -55,6 +59,7 @@ def load_pretrained(
                 layer.make_identity()
         logger.warning("%s has no temporal-attention weights: the temporal branch starts as identity", path)
     if unexpected:
-        logger.warning("%s: dropped %d temporal-attention weights (tower without temporal attention)",
-                       path, len(unexpected))
+        logger.warning(
+            "%s: dropped %d temporal-attention weights (tower without temporal attention)", path, len(unexpected)
+        )
     return enable_compression(model, compression)

@@ -4,10 +4,12 @@ Fields saved in `config.json`: `video_temporal_attention` (LanguageBind's tempor
 default off as in the HF port), `num_frames` (frames per video, 8 by default) and `llavolta_short_clip` (how a
 clip with fewer frames is sampled, `video_llavolta.frames.SHORT_CLIP_POLICIES`, default Video-LLaVA's "linspace").
 """
+
 from __future__ import annotations
 
-from image_llavolta.configs import CLIP_VIT_L14, VICUNA_7B, image_tokens, tiny_text_config, tiny_vision_config
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
+from image_llavolta.configs import CLIP_VIT_L14, VICUNA_7B, image_tokens, tiny_text_config, tiny_vision_config
 
 from .frames import DEFAULT_SHORT_CLIP, SHORT_CLIP_POLICIES
 
@@ -52,24 +54,41 @@ def _finish(cfg: VideoLlavaConfig, frames: int, temporal: bool) -> VideoLlavaCon
 def video_llava_config(num_frames: int = DEFAULT_FRAMES, temporal_attention: bool = False) -> VideoLlavaConfig:
     """Video-LLaVA-7B: LanguageBind CLIP ViT-L/14 at 224 px (256 image tokens, 257 per frame), Vicuna-7B."""
     vision = CLIPVisionConfig(image_size=224, **CLIP_VIT_L14)
-    cfg = VideoLlavaConfig(vision_config=vision, text_config=LlamaConfig(**VICUNA_7B), image_token_index=32000,
-                           video_token_index=32001, vision_feature_layer=-2,
-                           vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    cfg = VideoLlavaConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**VICUNA_7B),
+        image_token_index=32000,
+        video_token_index=32001,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     return _finish(cfg, num_frames, temporal_attention)
 
 
-def tiny_video_llava_config(layers: int = 4, vocab_size: int = 128, num_frames: int = DEFAULT_FRAMES,
-                            temporal_attention: bool = False, image_size: int = 28, patch_size: int = 7,
-                            hidden: int = 64, vision: dict | None = None, text: dict | None = None) -> VideoLlavaConfig:
+def tiny_video_llava_config(
+    layers: int = 4,
+    vocab_size: int = 128,
+    num_frames: int = DEFAULT_FRAMES,
+    temporal_attention: bool = False,
+    image_size: int = 28,
+    patch_size: int = 7,
+    hidden: int = 64,
+    vision: dict | None = None,
+    text: dict | None = None,
+) -> VideoLlavaConfig:
     """A tiny Video-LLaVA: <image> and <video> are the last two vocabulary ids.
 
     `vision` sizes both towers: {hidden, layers, heads} of `tiny_vision_config` (default 32, 2, 2); `text` sets
     further LlamaConfig fields of the decoder, e.g. {initializer_range: 0.06}.
     """
-    cfg = VideoLlavaConfig(vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})),
-                           text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size, **(text or {})),
-                           image_token_index=vocab_size - 2, video_token_index=vocab_size - 1,
-                           projector_hidden_act="gelu")
+    cfg = VideoLlavaConfig(
+        vision_config=tiny_vision_config(image_size, patch_size, **(vision or {})),
+        text_config=tiny_text_config(layers, hidden, vocab_size=vocab_size, **(text or {})),
+        image_token_index=vocab_size - 2,
+        video_token_index=vocab_size - 1,
+        projector_hidden_act="gelu",
+    )
     return _finish(cfg, num_frames, temporal_attention)
 
 

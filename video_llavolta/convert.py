@@ -36,6 +36,7 @@ and `<video>` right after the LLM's vocabulary (32000 and 32001 for Vicuna, the 
 embedding rows are padded to a multiple of 64. A tokenizer whose tokens would clash with those ids is refused.
 Output tensors keep their dtypes unless `--dtype` casts them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,10 @@ EMBEDDED = {tower: f"model.{tower}.{tower}." for tower in TOWERS}
 DROPPED = [
     (r"\.rotary_emb\.inv_freq$", "RoPE frequencies: a buffer transformers recomputes"),
     (r"(^|\.)position_ids$", "position-id buffer that transformers recomputes"),
-    (r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)",
-     "LanguageBind's contrastive text side and projections: Video-LLaVA uses the vision transformer only"),
+    (
+        r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)",
+        "LanguageBind's contrastive text side and projections: Video-LLaVA uses the vision transformer only",
+    ),
 ]
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 PLACEHOLDERS = ("<image>", "<video>")
@@ -92,14 +95,35 @@ RELEASE_RECIPE = {TEMPLATE_KEY: "llava_v1", PREPROCESSING_KEY: "languagebind", S
 # LanguageBind's CLIPVisionConfig defaults, for fields a saved config omits (transformers writes only the fields
 # that differ from them)
 LANGUAGEBIND_VISION_DEFAULTS = dict(
-    hidden_size=768, intermediate_size=3072, projection_dim=512, num_hidden_layers=12, num_attention_heads=12,
-    num_channels=3, image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-    attention_dropout=0.0, add_time_attn=False, num_frames=1, lora_r=2, lora_alpha=16,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=512,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    add_time_attn=False,
+    num_frames=1,
+    lora_r=2,
+    lora_alpha=16,
 )
 # What a tower's weights cannot tell: LanguageBind's ViT-L/14 starts from OpenCLIP's DataComp ViT-L/14
 ASSUMED_WITHOUT_FOLDER = dict(head_dim=64, hidden_act="gelu", layer_norm_eps=1e-5)
-SHARED_VISION_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                        "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps")
+SHARED_VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+)
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 PEFT_WRAPPER = ".base_model.model."  # peft's PeftModel + LoraModel around the wrapped encoder
 
@@ -125,9 +149,17 @@ class ConversionReport:
 
     def as_dict(self) -> dict:
         """JSON-ready summary with every key listed."""
-        return {"converted": self.converted, "dropped": self.dropped, "unused": self.unused,
-                "missing": self.missing, "mismatched": self.mismatched, "sources": self.sources,
-                "towers": self.towers, "config": self.config, "tokenizer": self.tokenizer}
+        return {
+            "converted": self.converted,
+            "dropped": self.dropped,
+            "unused": self.unused,
+            "missing": self.missing,
+            "mismatched": self.mismatched,
+            "sources": self.sources,
+            "towers": self.towers,
+            "config": self.config,
+            "tokenizer": self.tokenizer,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,8 +198,9 @@ def read_weights(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, str
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"{index} lists {os.path.basename(f)}, which is missing")
     else:
-        files = sorted(glob.glob(os.path.join(directory, "*.safetensors"))) or \
-            sorted(glob.glob(os.path.join(directory, "*.bin")))
+        files = sorted(glob.glob(os.path.join(directory, "*.safetensors"))) or sorted(
+            glob.glob(os.path.join(directory, "*.bin"))
+        )
         if not files:
             raise FileNotFoundError(f"{directory}: no *.safetensors or *.bin weight files")
     weights, origin = {}, {}
@@ -176,8 +209,10 @@ def read_weights(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, str
             if key in weights:
                 raise ValueError(f"{f}: key {key} is also in {origin[key]}")
             if index is not None and os.path.join(directory, weight_map.get(key, "")) != f:
-                raise ValueError(f"{f} holds {key}, which {index} puts " +
-                                 (f"in {weight_map[key]}" if key in weight_map else "nowhere"))
+                raise ValueError(
+                    f"{f} holds {key}, which {index} puts "
+                    + (f"in {weight_map[key]}" if key in weight_map else "nowhere")
+                )
             weights[key], origin[key] = value, f
     if index is not None and (absent := sorted(set(weight_map) - set(weights))):
         raise ValueError(f"{index} lists keys that no shard holds: {absent}")
@@ -196,6 +231,7 @@ def tower_vision_config(directory: str) -> tuple[dict, list[str]]:
 
 def vision_config_from_weights(weights: dict[str, torch.Tensor], where: str) -> tuple[dict, list[str]]:
     """A tower's vision config read off its weights (LanguageBind layout); and the fields assumed."""
+
     def get(key):
         if f"vision_model.{key}" not in weights:
             raise ValueError(f"{where}: the tower copy has no {key}")
@@ -206,14 +242,22 @@ def vision_config_from_weights(weights: dict[str, torch.Tensor], where: str) -> 
     side = math.isqrt(get("embeddings.position_embedding.weight").shape[0] - 1)
     layers = {int(m.group(1)) for k in weights if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))}
     temporal = next((v for k, v in weights.items() if k.endswith(".temporal_embedding")), None)
-    vision = dict(LANGUAGEBIND_VISION_DEFAULTS, hidden_size=hidden, patch_size=patch, image_size=side * patch,
-                  num_hidden_layers=len(layers), intermediate_size=get("encoder.layers.0.mlp.fc1.weight").shape[0],
-                  num_attention_heads=hidden // ASSUMED_WITHOUT_FOLDER["head_dim"],
-                  hidden_act=ASSUMED_WITHOUT_FOLDER["hidden_act"],
-                  layer_norm_eps=ASSUMED_WITHOUT_FOLDER["layer_norm_eps"], add_time_attn=temporal is not None,
-                  num_frames=DEFAULT_FRAMES if temporal is None else temporal.shape[1])
-    return vision, ["num_attention_heads", "hidden_act", "layer_norm_eps"] + ([] if temporal is not None
-                                                                                 else ["num_frames"])
+    vision = dict(
+        LANGUAGEBIND_VISION_DEFAULTS,
+        hidden_size=hidden,
+        patch_size=patch,
+        image_size=side * patch,
+        num_hidden_layers=len(layers),
+        intermediate_size=get("encoder.layers.0.mlp.fc1.weight").shape[0],
+        num_attention_heads=hidden // ASSUMED_WITHOUT_FOLDER["head_dim"],
+        hidden_act=ASSUMED_WITHOUT_FOLDER["hidden_act"],
+        layer_norm_eps=ASSUMED_WITHOUT_FOLDER["layer_norm_eps"],
+        add_time_attn=temporal is not None,
+        num_frames=DEFAULT_FRAMES if temporal is None else temporal.shape[1],
+    )
+    return vision, ["num_attention_heads", "hidden_act", "layer_norm_eps"] + (
+        [] if temporal is not None else ["num_frames"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,9 +301,11 @@ def merge_lora(weights: dict[str, torch.Tensor], vision: dict, where: str) -> tu
             out[f"{module}.bias"] = plain[f"{module}.base_layer.bias"]
     unknown += [k for k in plain if ".base_layer." in k and k.rsplit(".base_layer.", 1)[0] not in pairs]
     if unknown:
-        raise ValueError(f"{where}: unrecognised LoRA layout ({len(unknown)} keys; expected peft's "
-                         "<module>.lora_A[.<adapter>].weight, <module>.lora_B[.<adapter>].weight of rank "
-                         f"lora_r={r} beside <module>[.base_layer].weight):\n  " + "\n  ".join(sorted(set(unknown))))
+        raise ValueError(
+            f"{where}: unrecognised LoRA layout ({len(unknown)} keys; expected peft's "
+            "<module>.lora_A[.<adapter>].weight, <module>.lora_B[.<adapter>].weight of rank "
+            f"lora_r={r} beside <module>[.base_layer].weight):\n  " + "\n  ".join(sorted(set(unknown)))
+        )
     return out, {"merged_modules": len(pairs), "lora_r": r, "lora_alpha": alpha, "scale": scale}
 
 
@@ -297,9 +343,16 @@ def compare_copies(embedded: dict[str, torch.Tensor], folder: dict[str, torch.Te
         g["max_abs_diff"] = max(g["max_abs_diff"], (a - b).abs().max().item() if a.numel() else 0.0)
         g["within_tolerance"] &= bool(torch.isclose(a, b, rtol=tol["rtol"], atol=tol["atol"]).all())
     agree = not (only_llm or only_folder or shapes) and all(g["within_tolerance"] for g in groups.values())
-    return {"agree": agree, "tolerance": tol, "embedded_dtypes": _dtypes(embedded), "folder_dtypes": _dtypes(folder),
-            "groups": groups, "only_in_llm_folder": only_llm, "only_in_tower_folder": only_folder,
-            "shape_mismatch": shapes}
+    return {
+        "agree": agree,
+        "tolerance": tol,
+        "embedded_dtypes": _dtypes(embedded),
+        "folder_dtypes": _dtypes(folder),
+        "groups": groups,
+        "only_in_llm_folder": only_llm,
+        "only_in_tower_folder": only_folder,
+        "shape_mismatch": shapes,
+    }
 
 
 def _drop(weights: dict[str, torch.Tensor], source: str, report: ConversionReport) -> dict[str, torch.Tensor]:
@@ -323,8 +376,9 @@ def rope_parameters(llm: dict, path: str) -> dict:
     scaling = dict(llm.get("rope_scaling") or {})
     rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
     if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
-        raise ValueError(f"{path}: rope_scaling type {rope_type!r} is not one transformers knows "
-                         f"({sorted(ROPE_INIT_FUNCTIONS)})")
+        raise ValueError(
+            f"{path}: rope_scaling type {rope_type!r} is not one transformers knows ({sorted(ROPE_INIT_FUNCTIONS)})"
+        )
     return {**scaling, "rope_type": rope_type, "rope_theta": float(llm.get("rope_theta", 10000.0))}
 
 
@@ -332,8 +386,10 @@ def check_shared_vision(image: dict, video: dict, image_where: str, video_where:
     """The two towers share one vision config in Video-LLaVA: any difference is an error naming both sources."""
     differ = [f"{k}: {image[k]!r} vs {video[k]!r}" for k in SHARED_VISION_FIELDS if image[k] != video[k]]
     if differ:
-        raise ValueError(f"the image tower ({image_where}) and the video tower ({video_where}) differ, but "
-                         "Video-LLaVA shares one vision config between them: " + "; ".join(differ))
+        raise ValueError(
+            f"the image tower ({image_where}) and the video tower ({video_where}) differ, but "
+            "Video-LLaVA shares one vision config between them: " + "; ".join(differ)
+        )
 
 
 def build_config(llm: dict, image_vision: dict, video_vision: dict, llm_dir: str) -> tuple[VideoLlavaConfig, dict]:
@@ -346,8 +402,10 @@ def build_config(llm: dict, image_vision: dict, video_vision: dict, llm_dir: str
     if llm.get("mm_use_im_start_end"):
         raise ValueError(f"{path}: mm_use_im_start_end=true is not supported")
     if llm.get("image_aspect_ratio", "pad") != "pad":
-        raise ValueError(f"{path}: image_aspect_ratio {llm['image_aspect_ratio']!r}; images are padded to a "
-                         "square as Video-LLaVA's 'pad' does, and nothing else is supported")
+        raise ValueError(
+            f"{path}: image_aspect_ratio {llm['image_aspect_ratio']!r}; images are padded to a "
+            "square as Video-LLaVA's 'pad' does, and nothing else is supported"
+        )
     feature = llm.get("mm_vision_select_feature", "patch")
     strategies = {"patch": "default", "cls_patch": "full"}
     if feature not in strategies:
@@ -357,13 +415,18 @@ def build_config(llm: dict, image_vision: dict, video_vision: dict, llm_dir: str
     skip = {"architectures", "model_type", "transformers_version", "rope_parameters"}
     text_fields = set(LlamaConfig().to_dict()) - skip
     rope = rope_parameters(llm, path)
-    text = LlamaConfig(**{**{k: v for k, v in llm.items() if k in text_fields}, "vocab_size": padded,
-                          "rope_parameters": rope})
+    text = LlamaConfig(
+        **{**{k: v for k, v in llm.items() if k in text_fields}, "vocab_size": padded, "rope_parameters": rope}
+    )
     vision_fields = set(CLIPVisionConfig().to_dict()) - skip
     vision = CLIPVisionConfig(**{k: v for k, v in image_vision.items() if k in vision_fields})
     config = VideoLlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=vocab, video_token_index=vocab + 1,
-        vision_feature_layer=llm.get("mm_vision_select_layer", -2), vision_feature_select_strategy=strategies[feature],
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab,
+        video_token_index=vocab + 1,
+        vision_feature_layer=llm.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy=strategies[feature],
         projector_hidden_act="gelu",
     )
     frames = int(video_vision["num_frames"])
@@ -375,13 +438,19 @@ def build_config(llm: dict, image_vision: dict, video_vision: dict, llm_dir: str
     config.video_seq_length = frames * frame_tokens(config)
     carried = text_fields | {"rope_theta", "rope_scaling", "vocab_size"}
     not_carried = sorted(k for k in llm if k not in carried and not k.startswith("mm_") and k not in skip)
-    return config, {"rope_parameters": rope, "vocab_size": {"original": vocab, "padded": padded},
-                    TEMPORAL_KEY: getattr(config, TEMPORAL_KEY), FRAMES_KEY: frames, **RELEASE_RECIPE,
-                    "llm_fields_not_carried": not_carried}
+    return config, {
+        "rope_parameters": rope,
+        "vocab_size": {"original": vocab, "padded": padded},
+        TEMPORAL_KEY: getattr(config, TEMPORAL_KEY),
+        FRAMES_KEY: frames,
+        **RELEASE_RECIPE,
+        "llm_fields_not_carried": not_carried,
+    }
 
 
-def map_keys(sources: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]],
-             report: ConversionReport) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def map_keys(
+    sources: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]], report: ConversionReport
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Target state dict from the sources through KEY_MAP, and where each target came from; records unused keys."""
     out: dict[str, torch.Tensor] = {}
     provenance: dict[str, str] = {}
@@ -412,40 +481,69 @@ def extend_vocabulary(weights: dict[str, torch.Tensor], vocab_size: int) -> None
 # The conversion
 
 
-def _tower(name: str, folder: str | None, embedded: dict[str, torch.Tensor], llm_dir: str, llm_files: list[str],
-           embedded_origin: dict[str, str], allow_difference: bool) -> tuple[dict, dict, dict, str]:
+def _tower(
+    name: str,
+    folder: str | None,
+    embedded: dict[str, torch.Tensor],
+    llm_dir: str,
+    llm_files: list[str],
+    embedded_origin: dict[str, str],
+    allow_difference: bool,
+) -> tuple[dict, dict, dict, str]:
     """(weights, origin, vision config, what the report says) of one tower, from its folder or the LLM's copy."""
     if folder is None:
         if not embedded:
-            raise ValueError(f"no --{name.replace('_', '-')} folder given, and {llm_dir} holds no embedded copy of "
-                             f"it (no key {EMBEDDED[name]}* in {', '.join(map(os.path.basename, llm_files))})")
+            raise ValueError(
+                f"no --{name.replace('_', '-')} folder given, and {llm_dir} holds no embedded copy of "
+                f"it (no key {EMBEDDED[name]}* in {', '.join(map(os.path.basename, llm_files))})"
+            )
         vision, assumed = vision_config_from_weights(embedded, f"{llm_dir} ({EMBEDDED[name]}*)")
         if name == "image_tower":
             assumed = [k for k in assumed if k != "num_frames"]  # frames are the video tower's
-        return embedded, embedded_origin, vision, {
-            "weights_from": f"{llm_dir} (embedded copy: no tower folder given)", "config_from": "the weights' shapes",
-            "assumed": {k: vision[k] for k in assumed}, "dtypes": _dtypes(embedded)}
+        return (
+            embedded,
+            embedded_origin,
+            vision,
+            {
+                "weights_from": f"{llm_dir} (embedded copy: no tower folder given)",
+                "config_from": "the weights' shapes",
+                "assumed": {k: vision[k] for k in assumed},
+                "dtypes": _dtypes(embedded),
+            },
+        )
     vision, defaulted = tower_vision_config(folder)
     weights, origin = read_weights(folder)
     weights, lora = merge_lora(weights, vision, folder)
     if lora:  # merged keys come from the file that held their base weight
         plain = {k.replace(PEFT_WRAPPER, "."): f for k, f in origin.items()}
         origin = {k: plain.get(k) or plain[re.sub(r"\.(weight|bias)$", r".base_layer.\1", k)] for k in weights}
-    info = {"weights_from": folder, "config_from": f"{folder}/config.json", "defaulted": defaulted,
-            "dtypes": _dtypes(weights), "lora": lora}
+    info = {
+        "weights_from": folder,
+        "config_from": f"{folder}/config.json",
+        "defaulted": defaulted,
+        "dtypes": _dtypes(weights),
+        "lora": lora,
+    }
     if embedded:
         comparison = compare_copies(_strip_buffers(embedded), _strip_buffers(weights))
         info["embedded_copy"] = {"in": llm_dir, "used": False, **comparison}
         if not comparison["agree"] and not allow_difference:
-            bad = [f"{p} (max |diff| {g['max_abs_diff']:.3g})" for p, g in comparison["groups"].items()
-                   if not g["within_tolerance"]]
+            bad = [
+                f"{p} (max |diff| {g['max_abs_diff']:.3g})"
+                for p, g in comparison["groups"].items()
+                if not g["within_tolerance"]
+            ]
             raise ValueError(
                 f"the {name} copy in {llm_dir} differs from {folder} beyond the {comparison['tolerance']['dtype']} "
                 f"tolerance (rtol {comparison['tolerance']['rtol']}, atol {comparison['tolerance']['atol']}): "
-                + "; ".join(bad + comparison["shape_mismatch"] + [f"only in the LLM folder: {k}" for k in
-                                                                  comparison["only_in_llm_folder"]]
-                            + [f"only in the tower folder: {k}" for k in comparison["only_in_tower_folder"]])
-                + ". Is it the right tower folder? --allow-tower-difference converts with the folder's weights anyway")
+                + "; ".join(
+                    bad
+                    + comparison["shape_mismatch"]
+                    + [f"only in the LLM folder: {k}" for k in comparison["only_in_llm_folder"]]
+                    + [f"only in the tower folder: {k}" for k in comparison["only_in_tower_folder"]]
+                )
+                + ". Is it the right tower folder? --allow-tower-difference converts with the folder's weights anyway"
+            )
     else:
         info["embedded_copy"] = None
     return weights, origin, vision, info
@@ -456,29 +554,58 @@ def _strip_buffers(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in weights.items() if not any(re.search(p, k) for p, _ in DROPPED)}
 
 
-def convert(llm_dir: str, out_dir: str, image_tower_dir: str | None = None, video_tower_dir: str | None = None,
-            dtype: torch.dtype | None = None, allow_tower_difference: bool = False) -> ConversionReport:
+def convert(
+    llm_dir: str,
+    out_dir: str,
+    image_tower_dir: str | None = None,
+    video_tower_dir: str | None = None,
+    dtype: torch.dtype | None = None,
+    allow_tower_difference: bool = False,
+) -> ConversionReport:
     """Convert the released layout into `out_dir` (config, safetensors, tokenizer with placeholders, report)."""
     llm_config = read_json(os.path.join(llm_dir, "config.json"))
     llm_weights, llm_origin = read_weights(llm_dir)
     report = ConversionReport()
-    report.sources["llm"] = {"dir": llm_dir, "files": sorted(map(os.path.basename, set(llm_origin.values()))),
-                             "dtypes": _dtypes(llm_weights)}
-    embedded = {tower: {"vision_model." + k[len(EMBEDDED[tower]):]: v for k, v in llm_weights.items()
-                        if k.startswith(EMBEDDED[tower])} for tower in TOWERS}
-    embedded_origin = {tower: {"vision_model." + k[len(EMBEDDED[tower]):]: f for k, f in llm_origin.items()
-                               if k.startswith(EMBEDDED[tower])} for tower in TOWERS}
+    report.sources["llm"] = {
+        "dir": llm_dir,
+        "files": sorted(map(os.path.basename, set(llm_origin.values()))),
+        "dtypes": _dtypes(llm_weights),
+    }
+    embedded = {
+        tower: {
+            "vision_model." + k[len(EMBEDDED[tower]) :]: v
+            for k, v in llm_weights.items()
+            if k.startswith(EMBEDDED[tower])
+        }
+        for tower in TOWERS
+    }
+    embedded_origin = {
+        tower: {
+            "vision_model." + k[len(EMBEDDED[tower]) :]: f
+            for k, f in llm_origin.items()
+            if k.startswith(EMBEDDED[tower])
+        }
+        for tower in TOWERS
+    }
     llm_weights = {k: v for k, v in llm_weights.items() if not k.startswith(tuple(EMBEDDED.values()))}
 
     sources = {"llm": (llm_weights, llm_origin)}
     visions = {}
     for tower, folder in zip(TOWERS, (image_tower_dir, video_tower_dir)):
         weights, origin, visions[tower], report.towers[tower] = _tower(
-            tower, folder, embedded[tower], llm_dir, sorted(set(llm_origin.values())), embedded_origin[tower],
-            allow_tower_difference)
+            tower,
+            folder,
+            embedded[tower],
+            llm_dir,
+            sorted(set(llm_origin.values())),
+            embedded_origin[tower],
+            allow_tower_difference,
+        )
         sources[tower] = (weights, origin)
-    where = {t: report.towers[t]["config_from"] + ("" if f else f" of {llm_dir}")
-             for t, f in zip(TOWERS, (image_tower_dir, video_tower_dir))}
+    where = {
+        t: report.towers[t]["config_from"] + ("" if f else f" of {llm_dir}")
+        for t, f in zip(TOWERS, (image_tower_dir, video_tower_dir))
+    }
     check_shared_vision(visions["image_tower"], visions["video_tower"], where["image_tower"], where["video_tower"])
     config, report.config = build_config(llm_config, visions["image_tower"], visions["video_tower"], llm_dir)
 
@@ -488,17 +615,26 @@ def convert(llm_dir: str, out_dir: str, image_tower_dir: str | None = None, vide
         expected = VideoLlavoltaForConditionalGeneration(config).state_dict()
     report.unused += [f"(mapped from {provenance[k]}) {k}" for k in weights if k not in expected]
     report.missing = sorted(k for k in expected if k not in weights)
-    report.mismatched = [f"{k}: {provenance[k]} has {tuple(weights[k].shape)}, the model needs {tuple(v.shape)}"
-                         for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    report.mismatched = [
+        f"{k}: {provenance[k]} has {tuple(weights[k].shape)}, the model needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     os.makedirs(out_dir, exist_ok=True)
     report_path = os.path.join(out_dir, "conversion_report.json")
     if not report.ok:
         _write_report(report_path, report)
         raise ValueError(
             f"cannot convert {llm_dir} (+ {image_tower_dir}, {video_tower_dir}); every key is listed in "
-            f"{report_path}\n" + "\n".join(
-                f"  {name}: {keys}" for name, keys in
-                (("unused", report.unused), ("missing", report.missing), ("mismatched", report.mismatched)) if keys
+            f"{report_path}\n"
+            + "\n".join(
+                f"  {name}: {keys}"
+                for name, keys in (
+                    ("unused", report.unused),
+                    ("missing", report.missing),
+                    ("mismatched", report.mismatched),
+                )
+                if keys
             )
         )
     report.tokenizer = convert_tokenizer(llm_dir, config, out_dir)
@@ -532,18 +668,30 @@ def convert_tokenizer(llm_dir: str, config: VideoLlavaConfig, out_dir: str) -> d
         return None  # weights-only source: the user supplies a tokenizer
     wanted = dict(zip(PLACEHOLDERS, (config.image_token_index, config.video_token_index)))
     vocab = tokenizer.get_vocab()
-    name = next((os.path.join(llm_dir, f) for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-                 if os.path.isfile(os.path.join(llm_dir, f))), llm_dir)
-    clashes = [f"{t!r} has id {i}" for t, i in sorted(vocab.items(), key=lambda x: x[1])
-               if i >= config.image_token_index and wanted.get(t) != i]
+    name = next(
+        (
+            os.path.join(llm_dir, f)
+            for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+            if os.path.isfile(os.path.join(llm_dir, f))
+        ),
+        llm_dir,
+    )
+    clashes = [
+        f"{t!r} has id {i}"
+        for t, i in sorted(vocab.items(), key=lambda x: x[1])
+        if i >= config.image_token_index and wanted.get(t) != i
+    ]
     clashes += [f"{t!r} has id {vocab[t]}, not {i}" for t, i in wanted.items() if t in vocab and vocab[t] != i]
     specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     clashes += [f"its {k} is {v!r}" for k, v in specials.items() if v in PLACEHOLDERS]
     if clashes:
-        raise ValueError(f"{name}: the tokenizer clashes with the placeholders {wanted} (right after the LLM's "
-                         f"{config.image_token_index}-token vocabulary): " + "; ".join(clashes))
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in PLACEHOLDERS if t not in vocab],
-                         special_tokens=True)
+        raise ValueError(
+            f"{name}: the tokenizer clashes with the placeholders {wanted} (right after the LLM's "
+            f"{config.image_token_index}-token vocabulary): " + "; ".join(clashes)
+        )
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in PLACEHOLDERS if t not in vocab], special_tokens=True
+    )
     ids = dict(zip(PLACEHOLDERS, tokenizer.convert_tokens_to_ids(list(PLACEHOLDERS))))
     if ids != wanted:
         raise ValueError(f"{name}: the tokenizer gives {ids}, but the config puts the placeholders at {wanted}")
@@ -557,23 +705,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-tower", help="LanguageBind_Image folder (default: the LLM folder's embedded copy)")
     parser.add_argument("--video-tower", help="LanguageBind_Video_merge folder (default: the LLM folder's copy)")
     parser.add_argument("--out", required=True, help="output directory (Hugging Face format)")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="cast every floating tensor (default: keep each one's dtype)")
-    parser.add_argument("--allow-tower-difference", action="store_true",
-                        help="convert even when the LLM folder's tower copies differ from the tower folders")
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="cast every floating tensor (default: keep each one's dtype)",
+    )
+    parser.add_argument(
+        "--allow-tower-difference",
+        action="store_true",
+        help="convert even when the LLM folder's tower copies differ from the tower folders",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert, then print what came from where."""
-    report = convert(args.llm, args.out, args.image_tower, args.video_tower,
-                     dtype=getattr(torch, args.dtype) if args.dtype else None,
-                     allow_tower_difference=args.allow_tower_difference)
+    report = convert(
+        args.llm,
+        args.out,
+        args.image_tower,
+        args.video_tower,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        allow_tower_difference=args.allow_tower_difference,
+    )
     print(f"converted {report.converted} tensors into {args.out} (report: {args.out}/conversion_report.json)")
     for tower, info in report.towers.items():
         copy = info.get("embedded_copy")
-        compared = "" if not copy else (" ; embedded copy " + ("agrees" if copy["agree"] else "DIFFERS") +
-                                        f" within {copy['tolerance']['dtype']} tolerance, max |diff| "
-                                        f"{max((g['max_abs_diff'] for g in copy['groups'].values()), default=0):.3g}")
+        compared = (
+            ""
+            if not copy
+            else (
+                " ; embedded copy "
+                + ("agrees" if copy["agree"] else "DIFFERS")
+                + f" within {copy['tolerance']['dtype']} tolerance, max |diff| "
+                f"{max((g['max_abs_diff'] for g in copy['groups'].values()), default=0):.3g}"
+            )
+        )
         print(f"  {tower}: weights from {info['weights_from']}{compared}")
     for reason, keys in report.dropped.items():
         print(f"  dropped {len(keys):5d}  {reason}")

@@ -10,6 +10,7 @@ Media paths are relative to `video_root` / `image_root`. With a `frames_root`, a
 of being decoded; `video_id` is the path relative to the video root without extension, separators -> "__".
 Failures, batching and the modality sampler are the image side's, re-exported here.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,16 @@ class InstructionDataset(image_data.InstructionDataset):
     MEDIA = {"video": ("<video>", "pixel_values_videos"), **image_data.InstructionDataset.MEDIA}
     placeholder_tokens = staticmethod(placeholder_tokens)
 
-    def __init__(self, data_files, tokenizer, config, image_root: str | os.PathLike | None = None,
-                 video_root: str | os.PathLike | None = None, frames_root: str | os.PathLike | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        data_files,
+        tokenizer,
+        config,
+        image_root: str | os.PathLike | None = None,
+        video_root: str | os.PathLike | None = None,
+        frames_root: str | os.PathLike | None = None,
+        **kwargs,
+    ):
         super().__init__(data_files, tokenizer, config, image_root, **kwargs)
         self.video_root = os.fspath(video_root) if video_root is not None else ""
         self.frames_root = os.fspath(frames_root) if frames_root is not None else None

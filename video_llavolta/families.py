@@ -3,6 +3,7 @@
 `FAMILIES` maps model types to families for the command lines that take any checkpoint; `family_for` finds a
 config's or a checkpoint directory's.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,11 @@ def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     ids = synthetic_ids(config, batch, text_tokens, *placeholder_tokens(config)["<video>"], g)
     size = config.vision_config.image_size
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "pixel_values_videos": torch.randn(batch, num_frames(config), 3, size, size, generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values_videos": torch.randn(batch, num_frames(config), 3, size, size, generator=g),
+    }
 
 
 def _vision_flops(config, inputs: Mapping) -> int:
@@ -33,15 +37,29 @@ def _vision_flops(config, inputs: Mapping) -> int:
     flops = LLAVA.vision_flops(config, inputs)  # images: the same CLIP tower count as LLaVA's
     if (videos := inputs.get("pixel_values_videos")) is not None:
         count, frames = videos.shape[:2]
-        flops += vision_tower_flops(config.vision_config, count * frames,
-                                    temporal_frames=frames if temporal_attention(config) else 0)
+        flops += vision_tower_flops(
+            config.vision_config, count * frames, temporal_frames=frames if temporal_attention(config) else 0
+        )
     return flops
 
 
-def _tiny(layers: int, hidden: int, image_size: int, patch_size: int, seed: int = 0, num_frames: int = DEFAULT_FRAMES,
-          temporal_attention: bool = False):
-    config = tiny_video_llava_config(layers=layers, hidden=hidden, image_size=image_size, patch_size=patch_size,
-                                     num_frames=num_frames, temporal_attention=temporal_attention)
+def _tiny(
+    layers: int,
+    hidden: int,
+    image_size: int,
+    patch_size: int,
+    seed: int = 0,
+    num_frames: int = DEFAULT_FRAMES,
+    temporal_attention: bool = False,
+):
+    config = tiny_video_llava_config(
+        layers=layers,
+        hidden=hidden,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_frames=num_frames,
+        temporal_attention=temporal_attention,
+    )
     return build_model(config, seed=seed)
 
 

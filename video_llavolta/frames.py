@@ -192,11 +192,15 @@ def read_frames(
 
     distinct = len(set(sampled.indices))
     if distinct < num_frames:
-        how = ("every frame once, the last one repeated" if short_clip == "repeat_last"
-               else "linspace over them, so frames repeat")
+        how = (
+            "every frame once, the last one repeated"
+            if short_clip == "repeat_last"
+            else "linspace over them, so frames repeat"
+        )
         warnings.warn(
-            ShortVideoWarning(f"{path}: {distinct} frames available, {num_frames} asked for; "
-                              f"short_clip={short_clip!r}: {how}"),
+            ShortVideoWarning(
+                f"{path}: {distinct} frames available, {num_frames} asked for; short_clip={short_clip!r}: {how}"
+            ),
             stacklevel=2,
         )
     return sampled
@@ -291,8 +295,11 @@ def _decode_av(path: str, wanted: set[int], last: float) -> tuple[dict[int, np.n
                 if n > last:
                     break
         except Exception as err:  # corrupt or truncated data: the stream ends at the last good frame
-            warnings.warn(f"{path}: decode error after {n} frames ({_first_line(err)}); "
-                          f"treating the clip as {n} frames long", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: decode error after {n} frames ({_first_line(err)}); treating the clip as {n} frames long",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return kept, n
 
 
@@ -312,6 +319,7 @@ def _first_line(err: Exception) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Frame directories
+
 
 def frame_dir_name(video: str) -> str:
     """A video's frame-directory name from its path relative to the video root: no extension, separators -> "__"."""
@@ -416,8 +424,9 @@ def _read_frame_dir(path: str, num_frames: int, start, end, short_clip: str) -> 
     if distinct[-1] - distinct[0] + 1 == len(distinct):
         # every frame of the clip is stored (a short clip, or one of exactly T frames): sample them as the video
         first_position = {index: p for p, index in reversed(list(enumerate(indices)))}
-        positions = [first_position[distinct[i]] for i in sample_indices(len(distinct), num_frames,
-                                                                          short_clip=short_clip)]
+        positions = [
+            first_position[distinct[i]] for i in sample_indices(len(distinct), num_frames, short_clip=short_clip)
+        ]
     elif stored < num_frames:
         raise ValueError(
             f"{path}: frame directory holds {stored} frames but {num_frames} were asked for; "

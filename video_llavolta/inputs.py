@@ -1,4 +1,5 @@
 """Model inputs from a prompt and its media: frames sampled and processed, placeholders expanded, batches padded."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,18 @@ from image_llavolta.conversation import tokenize_prompt
 from image_llavolta.inputs import Media as ImageMedia
 from image_llavolta.inputs import collate, load_image
 
-from .configs import placeholder_tokens
+from .configs import num_frames, placeholder_tokens, short_clip_policy
 from .frames import SampledFrames, read_frames
-from .configs import num_frames, short_clip_policy
 from .processing import process_frames
 
-__all__ = ["Media", "collate", "encode_sample", "load_image", "load_video", "read_video"]  # collate and load_image: the image side's
+__all__ = [
+    "Media",
+    "collate",
+    "encode_sample",
+    "load_image",
+    "load_video",
+    "read_video",
+]  # collate and load_image: the image side's
 
 Media = ImageMedia | SampledFrames
 

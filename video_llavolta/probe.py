@@ -24,10 +24,12 @@ Output in --out:
 Resuming: a rerun skips points already in sweep.json, retries failed ones (a point that fails is recorded with its
 error, and the sweep goes on), and continues a point's predictions where they stopped; the attention profile is
 reused when attention.json was made with the same settings (else recomputed). A rerun with other sweep settings
-(model, QA file, --limit, template, judge, --max-new-tokens) into the same folder is refused; exit code 1 says a point failed.
+(model, QA file, --limit, template, judge, --max-new-tokens) into the same folder is refused; exit code 1 says a
+point failed.
 The PNGs need matplotlib (`pip install -e .[plot]`); without it the JSON is written and a one-line hint printed.
 Offline-judged accuracies are string matches, not comparable with GPT-judged ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,23 +38,29 @@ import os
 import sys
 from collections.abc import Sequence
 
-
 from image_llavolta.commands import command_main
-from image_llavolta.generation import add_model_arguments, load_for_generation
-from image_llavolta.jsonio import write_jsonl
 from image_llavolta.compression import CompressionSpec, placeholder_ids
 from image_llavolta.conversation import Template, resolve_template
+from image_llavolta.generation import add_model_arguments, load_for_generation
+from image_llavolta.jsonio import write_jsonl
 from image_llavolta.plots import save_plots
 from image_llavolta.probe import (
-    attention_profile, format_attention, format_sweep, point_name, prompt_regions, read_json, run_sweep, sweep_grid,
+    attention_profile,
+    format_attention,
+    format_sweep,
+    point_name,
+    prompt_regions,
+    read_json,
+    run_sweep,
+    sweep_grid,
     write_json,
 )
 
 from .benchmarks import read_qa
+from .configs import frame_tokens, num_frames, short_clip_policy
 from .frames import VideoError, video_source
 from .inputs import encode_sample, read_video
 from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions
-from .configs import frame_tokens, num_frames, short_clip_policy
 from .qa_inference import run_inference
 
 logger = logging.getLogger(__name__)
@@ -63,15 +71,35 @@ def _judge_id(judge) -> dict:
     return {"name": judge.name, "model": getattr(judge, "model", None), "base_url": getattr(judge, "base_url", None)}
 
 
-def _evaluator(model, tokenizer, qa_path: str, out_dir: str, video_root, frames_root, judge, batch_size: int,
-               max_new_tokens: int, template: Template):
+def _evaluator(
+    model,
+    tokenizer,
+    qa_path: str,
+    out_dir: str,
+    video_root,
+    frames_root,
+    judge,
+    batch_size: int,
+    max_new_tokens: int,
+    template: Template,
+):
     """evaluate(spec) for `run_sweep`: answer the QA file with that spec into points/<name>/ and judge it."""
 
     def evaluate(spec: CompressionSpec | None) -> dict:
         folder = os.path.join(out_dir, "points", point_name(spec))
         preds = os.path.join(folder, "preds.jsonl")
-        run_inference(model, tokenizer, qa_path, preds, video_root, frames_root, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, compression=spec, template=template)
+        run_inference(
+            model,
+            tokenizer,
+            qa_path,
+            preds,
+            video_root,
+            frames_root,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            compression=spec,
+            template=template,
+        )
         results_path = os.path.join(folder, "results.json")
         results = judge_predictions(preds, judge, results_path, benchmark="probe", qa_path=qa_path)
         overall = results["overall"]
@@ -83,22 +111,31 @@ def _evaluator(model, tokenizer, qa_path: str, out_dir: str, video_root, frames_
     return evaluate
 
 
-def probe_attention(model, tokenizer, records: Sequence[dict], video_root, frames_root=None,
-                    template: Template | str | None = None, batch_size: int = 1) -> dict:
+def probe_attention(
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    video_root,
+    frames_root=None,
+    template: Template | str | None = None,
+    batch_size: int = 1,
+) -> dict:
     """The attention profile over `records` (QA records); questions whose video fails to load are skipped."""
     template = resolve_template(model.config, template)
     samples, used, skipped = [], [], []
     visual = placeholder_ids(model.config)
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None),
-               0)
+    pad = next(
+        (t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None), 0
+    )
     for record in records:
         source = video_source(record["video"], video_root, frames_root)
         try:
             frames = read_video(source, model.config)
         except Exception as err:  # decoders raise many types on bad files: skip this question only
             message = err.message if isinstance(err, VideoError) else str(err)
-            skipped.append({"question_id": record["question_id"], "path": source,
-                            "reason": f"{type(err).__name__}: {message}"})
+            skipped.append(
+                {"question_id": record["question_id"], "path": source, "reason": f"{type(err).__name__}: {message}"}
+            )
             continue
         prompt = template.render(["<video>\n" + record["question"]])
         sample = encode_sample(tokenizer, model.config, prompt, videos=[frames])
@@ -147,15 +184,26 @@ def run_probe(
         qa_used = os.path.join(out_dir, "qa.jsonl")
         write_jsonl(qa_used, records)
     name = getattr(model, "name_or_path", "") or ""
-    common = {"model": os.path.abspath(name) if name and os.path.isdir(name) else name,
-              "qa": os.path.abspath(qa_path), "limit": limit, "template": template.to_dict(),
-              "num_frames": num_frames(model.config), "short_clip": short_clip_policy(model.config)}
+    common = {
+        "model": os.path.abspath(name) if name and os.path.isdir(name) else name,
+        "qa": os.path.abspath(qa_path),
+        "limit": limit,
+        "template": template.to_dict(),
+        "num_frames": num_frames(model.config),
+        "short_clip": short_clip_policy(model.config),
+    }
 
-    evaluate = _evaluator(model, tokenizer, qa_used, out_dir, video_root, frames_root, judge, batch_size,
-                          max_new_tokens, template)
-    sweep = run_sweep(points, evaluate, os.path.join(out_dir, "sweep.json"), num_layers,
-                      [frame_tokens(model.config)] * num_frames(model.config),
-                      settings={**common, "judge": _judge_id(judge), "max_new_tokens": max_new_tokens})
+    evaluate = _evaluator(
+        model, tokenizer, qa_used, out_dir, video_root, frames_root, judge, batch_size, max_new_tokens, template
+    )
+    sweep = run_sweep(
+        points,
+        evaluate,
+        os.path.join(out_dir, "sweep.json"),
+        num_layers,
+        [frame_tokens(model.config)] * num_frames(model.config),
+        settings={**common, "judge": _judge_id(judge), "max_new_tokens": max_new_tokens},
+    )
 
     attention = None
     if attention_samples:
@@ -165,8 +213,9 @@ def run_probe(
         if stored is not None and stored.get("status") == "complete" and stored.get("settings") == settings:
             attention = stored  # the sweep's settings check has passed: only --attention-samples may differ
         else:
-            profile = probe_attention(model, tokenizer, records[:attention_samples], video_root, frames_root,
-                                      template, batch_size)
+            profile = probe_attention(
+                model, tokenizer, records[:attention_samples], video_root, frames_root, template, batch_size
+            )
             attention = {"settings": settings, "status": "complete", **profile}
             write_json(path, attention)
     written = save_plots(out_dir, sweep, attention, lines_per) if plots else {}
@@ -203,15 +252,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strides", required=True, type=int_list, help="strides S, e.g. 2,4,8")
     p.add_argument("--method", default="avgpool", help="compression method of the sweep (default: avgpool)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--judge", choices=("offline", "openai"), default="offline",
-                   help="offline: normalised string match (not comparable with GPT-judged numbers); openai: LLM judge")
+    p.add_argument(
+        "--judge",
+        choices=("offline", "openai"),
+        default="offline",
+        help="offline: normalised string match (not comparable with GPT-judged numbers); openai: LLM judge",
+    )
     p.add_argument("--limit", type=int, help="only the first N questions of --qa")
-    p.add_argument("--attention-samples", type=int, default=16,
-                   help="questions for the attention profile (the first N; 0 skips it)")
+    p.add_argument(
+        "--attention-samples",
+        type=int,
+        default=16,
+        help="questions for the attention profile (the first N; 0 skips it)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--lines-per", choices=("layer", "stride"), default="layer",
-                   help="sweep.png: one line per layer K (points are strides) or per stride S")
+    p.add_argument(
+        "--lines-per",
+        choices=("layer", "stride"),
+        default="layer",
+        help="sweep.png: one line per layer K (points are strides) or per stride S",
+    )
     g = p.add_argument_group("openai judge")
     g.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"default: {DEFAULT_JUDGE_MODEL}")
     g.add_argument("--base-url", help="OpenAI-compatible server (default: OpenAI)")
@@ -222,17 +283,32 @@ def run(args: argparse.Namespace) -> int:
     """Run the probe and print its tables: exit code 1 when a sweep point failed."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.judge == "openai":
-        judge = OpenAIJudge(args.judge_model, args.base_url, args.api_key_env,
-                            cache_path=os.path.join(args.out, "judge_cache.jsonl"))
+        judge = OpenAIJudge(
+            args.judge_model, args.base_url, args.api_key_env, cache_path=os.path.join(args.out, "judge_cache.jsonl")
+        )
     else:
         judge = OfflineJudge("normalized")
     from .checkpoint import load_pretrained
 
     model, tokenizer = load_for_generation(args, load_pretrained, compression=None)
-    result = run_probe(model, tokenizer, args.qa, args.out, args.video_root, args.layers, args.strides, judge,
-                       frames_root=args.frames_root, limit=args.limit, attention_samples=args.attention_samples,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, method=args.method,
-                       template=args.template, lines_per=args.lines_per)
+    result = run_probe(
+        model,
+        tokenizer,
+        args.qa,
+        args.out,
+        args.video_root,
+        args.layers,
+        args.strides,
+        judge,
+        frames_root=args.frames_root,
+        limit=args.limit,
+        attention_samples=args.attention_samples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        method=args.method,
+        template=args.template,
+        lines_per=args.lines_per,
+    )
     print_tables(result)
     failed = result["sweep"]["counts"]["failed"]
     if failed:

@@ -11,6 +11,7 @@ nothing here is random; the caller decides (e.g. `flip=rng.random() < 0.5`). Eva
 Images use `image_llavolta.processing` in LanguageBind's mode for Video-LLaVA models (bicubic on the float
 tensor, no antialias).
 """
+
 from __future__ import annotations
 
 import math

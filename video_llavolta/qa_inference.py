@@ -33,6 +33,7 @@ every reference answer by question id from the QA file, never by position. Any m
 The batched resumable loop, the sidecar files, decoding and the merge are `image_llavolta.generation`'s, shared
 with the image benchmark harness (`image_llavolta.evaluate`); this module says how a video question is read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,21 +54,29 @@ from image_llavolta.generation import (  # the shared loop; re-exported here for
     error_reason,
     generate_answers,
     generation_config,
-    run_settings,
     load_for_generation,
     merge_shards,
     resolve_compression,
+    run_settings,
     shard_path,
 )
 from image_llavolta.tables import format_table
 
 from .benchmarks import DEFAULT_PROMPT, VideoQASpec, load_qa_spec, read_qa
+from .configs import num_frames, short_clip_policy
 from .frames import video_source
 from .inputs import encode_sample, read_video
-from .configs import num_frames, short_clip_policy
 
-__all__ = ["generate_answers", "generation_config", "main", "merge_predictions", "read_qa", "resolve_compression",
-           "run_inference", "shard_path"]
+__all__ = [
+    "generate_answers",
+    "generation_config",
+    "main",
+    "merge_predictions",
+    "read_qa",
+    "resolve_compression",
+    "run_inference",
+    "shard_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +85,23 @@ EXTRA_FIELDS = ("type", "video")  # carried from the QA record into each predict
 DEFAULT_MAX_NEW_TOKENS = 16  # without a benchmark spec (which says its own)
 
 
-def _settings(model, tokenizer, compression_arg, spec, template: Template, generation,
-              rank: int, world_size: int, prompt: str) -> dict:
+def _settings(
+    model, tokenizer, compression_arg, spec, template: Template, generation, rank: int, world_size: int, prompt: str
+) -> dict:
     """What determines the predictions: a rerun into the same file must match it."""
-    return run_settings(model, tokenizer, compression_arg, spec, template, generation, rank, world_size,
-                        num_frames=num_frames(model.config), short_clip=short_clip_policy(model.config),
-                        prompt=prompt)
+    return run_settings(
+        model,
+        tokenizer,
+        compression_arg,
+        spec,
+        template,
+        generation,
+        rank,
+        world_size,
+        num_frames=num_frames(model.config),
+        short_clip=short_clip_policy(model.config),
+        prompt=prompt,
+    )
 
 
 def _prediction(record: dict, pred: str) -> dict:
@@ -127,11 +147,17 @@ def run_inference(
     spec = resolve_compression(model, compression)
     generation = generation_config(tokenizer, model.config, max_new_tokens)
     settings = _settings(model, tokenizer, compression, spec, template, generation, rank, world_size, prompt)
-    run = {"qa": os.path.abspath(qa_path), "benchmark": benchmark.name if benchmark else None,
-           "video_root": os.path.abspath(video_root),
-           "frames_root": None if frames_root is None else os.path.abspath(frames_root), "batch_size": batch_size,
-           "device": str(model.device), "dtype": str(model.dtype), "torch": torch.__version__,
-           "transformers": transformers.__version__}
+    run = {
+        "qa": os.path.abspath(qa_path),
+        "benchmark": benchmark.name if benchmark else None,
+        "video_root": os.path.abspath(video_root),
+        "frames_root": None if frames_root is None else os.path.abspath(frames_root),
+        "batch_size": batch_size,
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
     def encode(record: dict) -> dict:
         frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
@@ -139,20 +165,31 @@ def run_inference(
         return encode_sample(tokenizer, model.config, text, videos=[frames])
 
     def failure(record: dict, err: BaseException) -> dict:
-        return {**{k: record[k] for k in ("question_id", "question", "answer")},
-                **{k: record[k] for k in EXTRA_FIELDS if k in record},
-                "path": video_source(record["video"], video_root, frames_root), "reason": error_reason(err)}
+        return {
+            **{k: record[k] for k in ("question_id", "question", "answer")},
+            **{k: record[k] for k in EXTRA_FIELDS if k in record},
+            "path": video_source(record["video"], video_root, frames_root),
+            "reason": error_reason(err),
+        }
 
     model.eval()
     return answer_questions(
-        shard, shard_path(out_path, rank, world_size), settings, run, encode,
-        lambda samples: generate_answers(model, tokenizer, samples, generation, spec), _prediction, failure,
-        batch_size, desc=f"qa rank {rank}" if world_size > 1 else "qa",
+        shard,
+        shard_path(out_path, rank, world_size),
+        settings,
+        run,
+        encode,
+        lambda samples: generate_answers(model, tokenizer, samples, generation, spec),
+        _prediction,
+        failure,
+        batch_size,
+        desc=f"qa rank {rank}" if world_size > 1 else "qa",
     )
 
 
-def merge_predictions(shard_paths: Sequence[str | os.PathLike], qa_path: str | os.PathLike,
-                      out_path: str | os.PathLike) -> dict:
+def merge_predictions(
+    shard_paths: Sequence[str | os.PathLike], qa_path: str | os.PathLike, out_path: str | os.PathLike
+) -> dict:
     """Merge rank shards into `out_path` in QA order: every question id exactly once, references joined by id."""
     return merge_shards(shard_paths, read_qa(qa_path), out_path, _prediction, REFERENCE_FIELDS, qa_path)
 
@@ -165,14 +202,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Inference's options."""
     add_model_arguments(p, "Video-LLaVA")
     p.add_argument("--qa", required=True, help="unified QA JSONL (data_prep convert-qa / make-synthetic)")
-    p.add_argument("--benchmark", metavar="NAME|SPEC",
-                   help="video QA spec (msvd, msrvtt, activitynet or a YAML path): prompt, template, token limit")
+    p.add_argument(
+        "--benchmark",
+        metavar="NAME|SPEC",
+        help="video QA spec (msvd, msrvtt, activitynet or a YAML path): prompt, template, token limit",
+    )
     p.add_argument("--video-root", required=True, help="folder the QA file's video paths are relative to")
     p.add_argument("--frames-root", help="extract-frames output: frame directories are used when present")
     p.add_argument("--out", required=True, help="predictions JSONL (one shard per rank under torchrun)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int,
-                   help=f"default: the benchmark spec's, else {DEFAULT_MAX_NEW_TOKENS}")
+    p.add_argument("--max-new-tokens", type=int, help=f"default: the benchmark spec's, else {DEFAULT_MAX_NEW_TOKENS}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,13 +221,27 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_pretrained
 
     model, tokenizer = load_for_generation(args, load_pretrained)
-    summary = run_inference(model, tokenizer, args.qa, args.out, args.video_root, args.frames_root,
-                            args.batch_size, args.max_new_tokens, args.compression, template=args.template,
-                            rank=rank, world_size=world_size, benchmark=args.benchmark)
+    summary = run_inference(
+        model,
+        tokenizer,
+        args.qa,
+        args.out,
+        args.video_root,
+        args.frames_root,
+        args.batch_size,
+        args.max_new_tokens,
+        args.compression,
+        template=args.template,
+        rank=rank,
+        world_size=world_size,
+        benchmark=args.benchmark,
+    )
     _print_rows(f"qa inference (rank {rank} of {world_size})", summary)
     if world_size > 1 and rank == 0:
-        print(f"\nwhen every rank has finished: python -m video_llavolta.qa_inference merge --qa {args.qa} "
-              f"--out {args.out} --world-size {world_size}")
+        print(
+            f"\nwhen every rank has finished: python -m video_llavolta.qa_inference merge --qa {args.qa} "
+            f"--out {args.out} --world-size {world_size}"
+        )
     return 0
 
 

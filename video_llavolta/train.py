@@ -5,14 +5,21 @@ a single CPU process works for tests. Video runs use DeepSpeed ZeRO-2 (optionall
 ZeRO-3 is refused before anything starts, because ranks that hold only images or only videos call different
 encoder sub-modules, so ZeRO-3's parameter all-gathers deadlock.
 """
+
 from __future__ import annotations
 
 import argparse
 
 from image_llavolta.checkpoint import default_attn_implementation
 from image_llavolta.commands import command_main
-from image_llavolta.train import (add_arguments, check_family, dataset_options, token_id, tokenizer_for_run,
-                                  train_on_dataset)
+from image_llavolta.train import (
+    add_arguments,
+    check_family,
+    dataset_options,
+    token_id,
+    tokenizer_for_run,
+    train_on_dataset,
+)
 from image_llavolta.train_config import TrainConfig, load_config
 
 from .checkpoint import load_pretrained
@@ -32,8 +39,12 @@ def model_for_run(config: TrainConfig, tokenizer) -> VideoLlavoltaForConditional
     check_family(config, "video_llava")
     m = config.model
     if m.path is not None:
-        return load_pretrained(m.path, compression=None, temporal=m.temporal_attention,
-                               attn_implementation=m.attn_implementation or default_attn_implementation())
+        return load_pretrained(
+            m.path,
+            compression=None,
+            temporal=m.temporal_attention,
+            attn_implementation=m.attn_implementation or default_attn_implementation(),
+        )
     model_config = tiny_video_llava_config(vocab_size=len(tokenizer), **m.tiny)
     # The tiny config puts <image> and <video> last, as the word tokenizer does; another tokenizer may not.
     wanted = (model_config.image_token_id, model_config.video_token_id)
@@ -49,8 +60,15 @@ def train(config: TrainConfig, resume: str | None = None, callbacks=()) -> dict:
     tokenizer = tokenizer_for_run(config)
     model = model_for_run(config, tokenizer)
     d = config.data
-    dataset = InstructionDataset(d.train, tokenizer, model.config, image_root=d.image_root, video_root=d.video_root,
-                                 frames_root=d.frames_root, **dataset_options(config))
+    dataset = InstructionDataset(
+        d.train,
+        tokenizer,
+        model.config,
+        image_root=d.image_root,
+        video_root=d.video_root,
+        frames_root=d.frames_root,
+        **dataset_options(config),
+    )
     return train_on_dataset(config, model, tokenizer, dataset, resume, callbacks)
 
 

@@ -3,6 +3,7 @@
 The core of the toolkit. It knows token ids, segment lengths, positions and hidden states, and no model family:
 families plug in through adapters (`adapter.CompressedModelMixin`), e.g. `image_llavolta.models.llava`.
 """
+
 from .accounting import CompressionStats, compression_ratio, pooled_length, ratio_over_layers, tokens_over_layers
 from .adapter import (
     ADAPTERS,

@@ -1,4 +1,5 @@
 """Counting visual tokens: pooled lengths, #Tokens over the decoder's layers and Eq. 3, once for the toolkit."""
+
 from __future__ import annotations
 
 import math

@@ -25,6 +25,7 @@ What the forward returns:
   compression on and off (the staged trainer, the efficiency report) reads the accounting the same way;
   uncompressed, `compression` counts the visual tokens in = out.
 """
+
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -170,8 +171,18 @@ class CompressedModelMixin(StockModelingMixin):
         return CompressedCausalLMOutput(**out, compression=stats, attention_mask=mask)
 
     def _compressed_forward(
-        self, spec, visual, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
-        logits_to_keep, use_cache=None, **kwargs,
+        self,
+        spec,
+        visual,
+        input_ids,
+        attention_mask,
+        position_ids,
+        past_key_values,
+        inputs_embeds,
+        labels,
+        logits_to_keep,
+        use_cache=None,
+        **kwargs,
     ):
         for flag in ("output_attentions", "output_hidden_states"):
             asked = kwargs.pop(flag, None)
@@ -204,17 +215,27 @@ class CompressedModelMixin(StockModelingMixin):
         if spec.method == "fastv" and labels is not None:
             query_index = fastv_query_index(*input_ids.shape, attention_mask, labels)
         outputs, plan = compressed_decoder_forward(
-            self.text_decoder(), inputs_embeds, layout, spec, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
-            query_index=query_index, **kwargs,
+            self.text_decoder(),
+            inputs_embeds,
+            layout,
+            spec,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            query_index=query_index,
+            **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             shift_labels = compressed_targets(labels, layout.is_visual, plan) if plan is not None else None
             loss = self.loss_function(
-                logits=logits, labels=labels, shift_labels=shift_labels,
-                vocab_size=self.config.get_text_config(decoder=True).vocab_size, **kwargs,
+                logits=logits,
+                labels=labels,
+                shift_labels=shift_labels,
+                vocab_size=self.config.get_text_config(decoder=True).vocab_size,
+                **kwargs,
             )
         if plan is not None:
             stats, mask = self._stats(spec, plan.visual_in, plan.visual_out), plan.attention_mask
@@ -222,8 +243,12 @@ class CompressedModelMixin(StockModelingMixin):
             zeros = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             stats, mask = self._stats(spec, zeros, zeros), None
         return CompressedCausalLMOutput(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, compression=stats,
-            attention_mask=mask, **visual_states,
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            compression=stats,
+            attention_mask=mask,
+            **visual_states,
         )
 
 

@@ -7,6 +7,7 @@ Generation's cache operations keep that state right: `crop` (assisted decoding r
 batches). Text tokens map one to one onto both halves of the cache, pooled visual tokens do not, so a crop may
 reach back into the prefill's trailing text but never into its pooled visual tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -36,8 +37,9 @@ class CompressedCache(DynamicCache):
         super().__init__(*args, **kwargs)
         self.prefill: PrefillState | None = None
 
-    def record_prefill(self, layer: int, full_length: int, attention_mask: torch.Tensor,
-                       text_tail: torch.Tensor) -> None:
+    def record_prefill(
+        self, layer: int, full_length: int, attention_mask: torch.Tensor, text_tail: torch.Tensor
+    ) -> None:
         """Remember a compressed prefill of `full_length` tokens whose pooled layers start at `layer`."""
         if self.prefill is not None:
             raise ValueError("this cache already holds a compressed prefill; start a new cache for a new prompt")
@@ -66,9 +68,12 @@ class CompressedCache(DynamicCache):
                         "visual tokens, which a crop cannot undo"
                     )
                 p = self.prefill
-                self.prefill = replace(p, full_length=p.full_length - into_prefill,
-                                       attention_mask=p.attention_mask[:, :-into_prefill],
-                                       text_tail=p.text_tail - into_prefill)
+                self.prefill = replace(
+                    p,
+                    full_length=p.full_length - into_prefill,
+                    attention_mask=p.attention_mask[:, :-into_prefill],
+                    text_tail=p.text_tail - into_prefill,
+                )
         super().crop(tokens_to_remove)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -4,6 +4,7 @@ It drives a transformers decoder (`LlamaModel` and alike) through its own module
 embedding, decoder layers, final norm and `create_causal_mask` — and changes only the sequence between
 layer K and K+1. Attention implementations, gradient checkpointing and the KV cache stay transformers'.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,6 +17,7 @@ from .pooling import CompressionPlan, average_pool, plan_compression
 from .scores import query_attention
 from .segments import VisualLayout
 from .spec import CompressionSpec
+
 
 def check_decoder(text_model) -> None:
     """Raise ValueError if `text_model` is not a decoder the compressed pass can drive."""
@@ -30,8 +32,19 @@ def check_decoder(text_model) -> None:
         raise ValueError(f"{type(text_model).__name__} has non-full-attention layers {set(layer_types)}; unsupported")
 
 
-def _run_layer_group(text_model, layers, hidden, attention_mask, rope_positions, mask_positions, cache, use_cache,
-                     layer_idx, kwargs, score_query=None):
+def _run_layer_group(
+    text_model,
+    layers,
+    hidden,
+    attention_mask,
+    rope_positions,
+    mask_positions,
+    cache,
+    use_cache,
+    layer_idx,
+    kwargs,
+    score_query=None,
+):
     """Run consecutive decoder layers that share one sequence: build their mask and RoPE, then call them.
 
     With `score_query` (B,) it also returns the head-averaged attention that the last layer pays from that
@@ -82,8 +95,10 @@ def compressed_decoder_forward(
     real token of each row, which is the last prompt token when generating).
     """
     if attention_mask is not None and attention_mask.ndim != 2:
-        raise ValueError("visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask "
-                         "(generate() prepares one for a static cache: use the default dynamic cache)")
+        raise ValueError(
+            "visual compression needs a 2D (batch, length) attention_mask, not a prepared 4D mask "
+            "(generate() prepares one for a static cache: use the default dynamic cache)"
+        )
     batch, length, _ = inputs_embeds.shape
     k = spec.layer
     cache = _compressed_cache(text_model, past_key_values, use_cache)
@@ -104,8 +119,18 @@ def compressed_decoder_forward(
         query_index = fastv_query_index(batch, length, attention_mask).to(hidden.device)
     if k > 0:  # layers 1..K: exactly the stock pass
         hidden, scores = _run_layer_group(
-            text_model, text_model.layers[:k], hidden, attention_mask, position_ids, position_ids, cache,
-            use_cache, 0, kwargs, score_query=query_index if spec.method == "fastv" and not decoding else None)
+            text_model,
+            text_model.layers[:k],
+            hidden,
+            attention_mask,
+            position_ids,
+            position_ids,
+            cache,
+            use_cache,
+            0,
+            kwargs,
+            score_query=query_index if spec.method == "fastv" and not decoding else None,
+        )
 
     plan = None
     if decoding:
@@ -114,9 +139,15 @@ def compressed_decoder_forward(
         if attention_mask is not None:
             new = attention_mask[:, prefill.full_length :]
             if new.shape[1] != appended:
-                hint = "" if k else (" (continuing generate() from a returned cache needs layer >= 1: with layer=0 "
-                                     "every cache layer is compressed and transformers cannot tell how many prompt "
-                                     "tokens it holds)")
+                hint = (
+                    ""
+                    if k
+                    else (
+                        " (continuing generate() from a returned cache needs layer >= 1: with layer=0 "
+                        "every cache layer is compressed and transformers cannot tell how many prompt "
+                        "tokens it holds)"
+                    )
+                )
                 raise ValueError(
                     f"attention_mask covers {new.shape[1]} tokens after the prefill of {prefill.full_length}, "
                     f"but the KV cache and the input hold {appended}{hint}"
@@ -136,8 +167,18 @@ def compressed_decoder_forward(
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.
     contiguous = torch.arange(compressed_seen, compressed_seen + hidden.shape[1], device=hidden.device)
-    hidden, _ = _run_layer_group(text_model, text_model.layers[k:], hidden, short_mask, short_positions,
-                                 contiguous.expand(batch, -1), cache, use_cache, k, kwargs)
+    hidden, _ = _run_layer_group(
+        text_model,
+        text_model.layers[k:],
+        hidden,
+        short_mask,
+        short_positions,
+        contiguous.expand(batch, -1),
+        cache,
+        use_cache,
+        k,
+        kwargs,
+    )
     hidden = text_model.norm(hidden)
     return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), plan
 

@@ -5,6 +5,7 @@ count average pooling gives, so the variants compare at equal cost. A slot's val
 sent to it: S neighbours for `avgpool`, one token for the selections (`random`, `fastv`), a cluster for
 `kmeans`. This module only decides the assignment; `pooling` builds the sequence from it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,13 @@ def slot_assignment(
     raise ValueError(f"unknown compression method {spec.method!r}")
 
 
-def fastv_query_index(batch: int, length: int, attention_mask: torch.Tensor | None = None,
-                      labels: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+def fastv_query_index(
+    batch: int,
+    length: int,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """(B,) the last prompt token of each row, whose attention ranks the visual tokens for `fastv`.
 
     With `labels` (training) it is the token before the first supervised one, so the answer never chooses
@@ -72,7 +78,8 @@ class _Segments:
         self.offset = offset
         row = self.index // self.shape[1]
         first = torch.full((self.shape[0],), len(self.index), device=row.device).scatter_reduce(
-            0, row, self.segment, reduce="amin")
+            0, row, self.segment, reduce="amin"
+        )
         self.ordinal = self.segment - first[row]  # which segment of its sample (0 = the sample's first)
 
     def _scatter(self, local: torch.Tensor) -> torch.Tensor:
@@ -138,7 +145,8 @@ def _means(x: torch.Tensor, assign: torch.Tensor, k: int) -> tuple[torch.Tensor,
     """Per-cluster means (G, k, D) and member counts (G, k)."""
     groups, _, dim = x.shape
     sums = torch.zeros(groups, k, dim, dtype=x.dtype, device=x.device).scatter_add_(
-        1, assign[..., None].expand(-1, -1, dim), x)
+        1, assign[..., None].expand(-1, -1, dim), x
+    )
     counts = torch.zeros(groups, k, dtype=x.dtype, device=x.device).scatter_add_(1, assign, torch.ones_like(x[..., 0]))
     return sums / counts.clamp(min=1)[..., None], counts
 
@@ -146,8 +154,12 @@ def _means(x: torch.Tensor, assign: torch.Tensor, k: int) -> tuple[torch.Tensor,
 def _fill_empty(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor, k: int) -> torch.Tensor:
     """Give each empty cluster the point farthest from its centroid among clusters with two or more members."""
     assign = assign.clone()
-    has_empty = torch.zeros(assign.shape[0], k, dtype=torch.long, device=assign.device).scatter_add_(
-        1, assign, torch.ones_like(assign)).eq(0).any(1)
+    has_empty = (
+        torch.zeros(assign.shape[0], k, dtype=torch.long, device=assign.device)
+        .scatter_add_(1, assign, torch.ones_like(assign))
+        .eq(0)
+        .any(1)
+    )
     for g in has_empty.nonzero().squeeze(1).tolist():  # rare: Lloyd steps seldom empty a cluster
         while True:
             counts = torch.bincount(assign[g], minlength=k)

@@ -1,4 +1,5 @@
 """How tokens are pooled: the slot map from a full sequence to its compressed one, and averaging each slot."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +15,9 @@ IGNORE_INDEX = -100
 class CompressionPlan:
     """Where each token of a padded batch lands after pooling.
 
-    Every text token keeps a slot of its own; the visual tokens of one segment fill ceil(n/S) slots, S
-    consecutive tokens each for average pooling (the last window may be shorter), or as a method assigns them. Padding is dropped and the compressed
-    samples are re-padded on the batch's padding side, so the batch stays rectangular.
+    Every text token keeps a slot of its own; the visual tokens of one segment fill ceil(n/S) slots, S consecutive
+    tokens each for average pooling (the last window may be shorter), or as a method assigns them. Padding is dropped
+    and the compressed samples are re-padded on the batch's padding side, so the batch stays rectangular.
     """
 
     slot: torch.Tensor  # (B, L) long: output slot of each input token; padding goes to the dump slot `length`

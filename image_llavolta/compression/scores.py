@@ -5,6 +5,7 @@ prompt token, the answer position). Asking the model for `output_attentions` wou
 every layer and materialise L×L maps; recomputing one row per sample from the layer's own projections costs
 one query and L keys, and leaves SDPA / FlashAttention in charge of the real pass.
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,6 +54,8 @@ def rotary_function(attention) -> Callable:
     """The RoPE function of an attention module's own model file (transformers defines one in each)."""
     fn = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
     if fn is None:
-        raise ValueError(f"{type(attention).__name__}'s module defines no apply_rotary_pos_emb: one query's attention "
-                         "cannot be recomputed for this decoder")
+        raise ValueError(
+            f"{type(attention).__name__}'s module defines no apply_rotary_pos_emb: one query's attention "
+            "cannot be recomputed for this decoder"
+        )
     return fn

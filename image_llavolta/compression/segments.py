@@ -1,4 +1,5 @@
 """Where the visual segments are: one image, or one video frame, found from token ids and segment lengths."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,9 +1,10 @@
 """What to compress and how much: the compression spec, and the one grammar command lines write it in.
 
-    none                 no compression (the stock forward)
-    from_config          the spec stored in the model's config (`llavolta_compression`)
-    K,S[,method]         pool after decoder layer K with stride S, e.g. 2,8 or 2,8,fastv
+none                 no compression (the stock forward)
+from_config          the spec stored in the model's config (`llavolta_compression`)
+K,S[,method]         pool after decoder layer K with stride S, e.g. 2,8 or 2,8,fastv
 """
+
 from __future__ import annotations
 
 import enum
@@ -40,11 +41,15 @@ class CompressionSpec:
         if self.stride < 1:
             raise ValueError(f"CompressionSpec.stride must be >= 1 (1 means no pooling), got {self.stride}")
         if self.layer < 0:
-            raise ValueError(f"CompressionSpec.layer must be >= 0 (decoder layers run before pooling), got {self.layer}")
+            raise ValueError(
+                f"CompressionSpec.layer must be >= 0 (decoder layers run before pooling), got {self.layer}"
+            )
         if self.method not in METHODS:
             raise ValueError(f"CompressionSpec.method must be one of {METHODS}, got {self.method!r}")
         if self.method == "fastv" and self.layer < 1 and self.stride > 1:
-            raise ValueError("CompressionSpec(method='fastv') ranks tokens by layer K's attention, so layer must be >= 1")
+            raise ValueError(
+                "CompressionSpec(method='fastv') ranks tokens by layer K's attention, so layer must be >= 1"
+            )
 
     def label(self) -> str:
         """'K=2,S=8' for average pooling, 'K=2,S=8,fastv' for another method."""
@@ -68,7 +73,7 @@ class CompressionSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CompressionSpec":
+    def from_dict(cls, data: dict) -> CompressionSpec:
         """Build from a dict, rejecting unknown keys (a typo must not silently mean 'default')."""
         unknown = set(data) - set(SPEC_FIELDS)
         if unknown:
@@ -124,6 +129,7 @@ def check_spec_argument(value) -> SpecArgument:
     """`value` if it is a CompressionSpec, None or FROM_CONFIG; a ValueError naming the grammar otherwise."""
     if value is None or value is FROM_CONFIG or isinstance(value, CompressionSpec):
         return value
-    raise ValueError(f"compression must be a CompressionSpec, None or FROM_CONFIG (text is parsed with parse_spec: "
-                     f"{GRAMMAR}), got {value!r}")
-
+    raise ValueError(
+        f"compression must be a CompressionSpec, None or FROM_CONFIG (text is parsed with parse_spec: "
+        f"{GRAMMAR}), got {value!r}"
+    )

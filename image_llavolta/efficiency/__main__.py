@@ -1,4 +1,5 @@
 """`python -m image_llavolta.efficiency`: the efficiency report of LLaVA models (`llavolta efficiency`: all)."""
+
 import sys
 
 from .report import main

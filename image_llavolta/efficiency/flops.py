@@ -10,6 +10,7 @@ percent at real widths). The attention scores (QKᵀ, AV) are counted one of thr
 - "none": not at all, which is what the DeepSpeed profiler reports when attention runs in flash-attn kernels
   (it patches torch functions, and flash-attn calls none of them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,13 +46,15 @@ def decoder_layer_flops(config, tokens: int, attention: str = "causal") -> int:
     return projections + attention + mlp
 
 
-def prefill_flops(config, full_tokens: int, compressed_tokens: int, layer: int, logits_tokens: int = 1,
-                  attention: str = "causal") -> int:
+def prefill_flops(
+    config, full_tokens: int, compressed_tokens: int, layer: int, logits_tokens: int = 1, attention: str = "causal"
+) -> int:
     """FLOPs of one sequence's prefill: `layer` layers on the full sequence, the rest on the compressed one, LM head."""
     n = config.num_hidden_layers
     k = min(layer, n)
-    body = (k * decoder_layer_flops(config, full_tokens, attention)
-            + (n - k) * decoder_layer_flops(config, compressed_tokens, attention))
+    body = k * decoder_layer_flops(config, full_tokens, attention) + (n - k) * decoder_layer_flops(
+        config, compressed_tokens, attention
+    )
     return body + 2 * logits_tokens * config.hidden_size * config.vocab_size
 
 
@@ -66,10 +69,12 @@ def vision_tower_flops(vision_config, images: int, temporal_frames: int = 0) -> 
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     tokens = patches + 1  # CLS
     channels = getattr(vision_config, "num_channels", 3)
-    patch_embedding = 2 * images * patches * channels * vision_config.patch_size ** 2 * d
-    per_layer = (2 * images * tokens * 4 * d * d  # q, k, v, out
-                 + 2 * 2 * images * tokens * tokens * d  # QKᵀ, AV
-                 + 2 * images * tokens * 2 * d * vision_config.intermediate_size)  # fc1, fc2
+    patch_embedding = 2 * images * patches * channels * vision_config.patch_size**2 * d
+    per_layer = (
+        2 * images * tokens * 4 * d * d  # q, k, v, out
+        + 2 * 2 * images * tokens * tokens * d  # QKᵀ, AV
+        + 2 * images * tokens * 2 * d * vision_config.intermediate_size
+    )  # fc1, fc2
     if temporal_frames:
         if images % temporal_frames:
             raise ValueError(f"vision_tower_flops: {images} frames do not split into videos of {temporal_frames}")
@@ -160,12 +165,15 @@ def paper_7b_flops(text_tokens: int) -> dict:
     for attention in ATTENTION_MODES:
         for with_vision in (False, True):
             name = f"attention={attention}" + (", with vision tower+projector" if with_vision else ", LLM only")
-            rows = {paper_setting_label(k): round(tflops(k, text_tokens, attention, with_vision), 3)
-                    for k in PAPER_TABLE5}
+            rows = {
+                paper_setting_label(k): round(tflops(k, text_tokens, attention, with_vision), 3) for k in PAPER_TABLE5
+            }
             stock = PAPER_TABLE5[None][2]
             fit = min(range(0, 1025), key=lambda t: abs(tflops(None, t, attention, with_vision) - stock))
             worst = max(abs(tflops(k, fit, attention, with_vision) / v[2] - 1) for k, v in PAPER_TABLE5.items())
             conventions[name] = {"tflops": rows, "fitted_text_tokens": fit, "fitted_max_rel_error": worst}
-    return {"text_tokens": text_tokens,
-            "paper_tflops": {paper_setting_label(k): v[2] for k, v in PAPER_TABLE5.items()},
-            "conventions": conventions}
+    return {
+        "text_tokens": text_tokens,
+        "paper_tflops": {paper_setting_label(k): v[2] for k, v in PAPER_TABLE5.items()},
+        "conventions": conventions,
+    }

@@ -14,6 +14,7 @@ A setting is None (the stock model) or a `CompressionSpec`; the model is a compr
   `torch.cuda.max_memory_allocated`. CPU: the torch CPU allocator's running total, read from
   `torch.profiler(profile_memory=True)` allocation events: tensor bytes only, not process RSS.
 """
+
 from __future__ import annotations
 
 import random
@@ -84,15 +85,24 @@ def decode_tokens_per_second(model, inputs: dict, spec: Setting, new_tokens: int
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
     clock = _TokenClock()
-    model.generate(**inputs, compression=spec, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, num_beams=1, pad_token_id=_pad_token_id(model), streamer=clock)
+    model.generate(
+        **inputs,
+        compression=spec,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=_pad_token_id(model),
+        streamer=clock,
+    )
     if len(clock.times) != new_tokens + 1:
         raise RuntimeError(f"generate streamed {len(clock.times) - 1} tokens, expected {new_tokens}")
     return (new_tokens - 1) / (clock.times[-1] - clock.times[1])
 
 
-def timing_rounds(jobs: Mapping[str, Callable[[], Mapping[str, float]]], rounds: int, warmup: int,
-                  seed: int = 0) -> dict[str, dict[str, list[float]]]:
+def timing_rounds(
+    jobs: Mapping[str, Callable[[], Mapping[str, float]]], rounds: int, warmup: int, seed: int = 0
+) -> dict[str, dict[str, list[float]]]:
     """Run every job once per round, interleaved in a shuffled order; {job: {measure: values of the timed rounds}}.
 
     Each job returns its measurements of one run, e.g. {"ttft": seconds}; the first `warmup` rounds are not kept.
@@ -154,17 +164,21 @@ def memory_method(device: torch.device) -> str:
     """What `peak_memory_bytes` measures on `device`, for reports."""
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated during one prefill, minus memory_allocated before it"
-    return ("CPU tensor bytes: peak of the torch CPU allocator's running total during one prefill, minus its value "
-            "before (torch.profiler profile_memory allocation events); not process RSS")
+    return (
+        "CPU tensor bytes: peak of the torch CPU allocator's running total during one prefill, minus its value "
+        "before (torch.profiler profile_memory allocation events); not process RSS"
+    )
 
 
 def _parts(model) -> dict[str, list]:
     """The model's modules by part: the projector, the decoder with its LM head, and the vision encoders (the rest)."""
     inner = model.model
     named = dict(inner.named_children())
-    return {"vision": [m for name, m in named.items() if name not in ("multi_modal_projector", "language_model")],
-            "projector": [named["multi_modal_projector"]],
-            "language_model": [named["language_model"], model.lm_head]}
+    return {
+        "vision": [m for name, m in named.items() if name not in ("multi_modal_projector", "language_model")],
+        "projector": [named["multi_modal_projector"]],
+        "language_model": [named["language_model"], model.lm_head],
+    }
 
 
 def profiled_flops(model, inputs: dict, spec: Setting) -> dict[str, dict[str, int]]:

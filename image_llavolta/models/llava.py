@@ -2,6 +2,7 @@
 
 One segment per image (LLaVA-1.5: 576 tokens); every image of a batch must give the same token count.
 """
+
 import torch
 from transformers import LlavaForConditionalGeneration
 from transformers.cache_utils import Cache
@@ -45,12 +46,22 @@ class LlavoltaForConditionalGeneration(CompressedModelMixin, LlavaForConditional
         `compression` overrides that spec for this call (the staged trainer passes each step's);
         `output_compression=True` returns the accounting even when nothing is compressed.
         """
-        visual = dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, image_sizes=image_sizes,
-                      vision_feature_select_strategy=vision_feature_select_strategy,
-                      mm_encoder_outputs=mm_encoder_outputs)
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                      logits_to_keep=logits_to_keep)
+        visual = dict(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            image_sizes=image_sizes,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=mm_encoder_outputs,
+        )
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+        )
         return self._forward(visual, inputs, kwargs, compression, output_compression)
 
     def text_decoder(self):
@@ -61,8 +72,11 @@ class LlavoltaForConditionalGeneration(CompressedModelMixin, LlavaForConditional
         """Text embeddings with image features scattered in, and each image's token count."""
         pixel_values = visual.get("pixel_values")
         encoded = (visual.get("mm_encoder_outputs") or {}).get("image")
-        image_kwargs = {k: visual[k] for k in ("vision_feature_layer", "vision_feature_select_strategy",
-                                               "image_sizes") if k in visual}
+        image_kwargs = {
+            k: visual[k]
+            for k in ("vision_feature_layer", "vision_feature_select_strategy", "image_sizes")
+            if k in visual
+        }
         embeds = self.get_input_embeddings()(input_ids)
         if encoded is None and pixel_values is None:
             return embeds, {}, {}

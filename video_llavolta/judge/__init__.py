@@ -27,6 +27,7 @@ One module per job:
 
 This package imports neither torch nor transformers, so judging runs anywhere.
 """
+
 from .cli import add_arguments, main, run
 from .client import JudgeError, JudgmentCache, OpenAIJudge
 from .offline import OFFLINE_NOTE, OfflineJudge, normalize_open_answer
@@ -35,8 +36,25 @@ from .replies import JudgeParseError, Judgment, parse_reply
 from .results import format_results, judge_predictions, metrics, print_results
 
 __all__ = [
-    "DEFAULT_JUDGE_MODEL", "OFFLINE_NOTE", "RUBRIC_VERSION", "SYSTEM_PROMPT", "USER_PROMPT", "JudgeError",
-    "JudgeParseError", "Judgment", "JudgmentCache", "OfflineJudge", "OpenAIJudge", "add_arguments", "format_results",
-    "judge_messages", "judge_predictions", "main", "metrics", "normalize_open_answer", "parse_reply", "print_results",
+    "DEFAULT_JUDGE_MODEL",
+    "OFFLINE_NOTE",
+    "RUBRIC_VERSION",
+    "SYSTEM_PROMPT",
+    "USER_PROMPT",
+    "JudgeError",
+    "JudgeParseError",
+    "Judgment",
+    "JudgmentCache",
+    "OfflineJudge",
+    "OpenAIJudge",
+    "add_arguments",
+    "format_results",
+    "judge_messages",
+    "judge_predictions",
+    "main",
+    "metrics",
+    "normalize_open_answer",
+    "parse_reply",
+    "print_results",
     "run",
 ]

@@ -1,4 +1,5 @@
 """`python -m video_llavolta.judge`."""
+
 import sys
 
 from .cli import main

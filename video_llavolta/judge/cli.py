@@ -11,6 +11,7 @@ failures JSONL beside it (a question whose video failed to load counts as missin
 are checked against the QA file by question id and every question without a prediction counts as missing too.
 The API key is read from --api-key-env (OPENAI_API_KEY) and never written anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,23 +68,39 @@ def judge_model(specs: dict[str, VideoQASpec], model: str | None = None) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The judge's options."""
-    p.add_argument("--predictions", nargs="+", required=True, metavar="[NAME=]FILE",
-                   help="predictions JSONL, one per benchmark (NAME defaults to the file name)")
-    p.add_argument("--qa", nargs="+", metavar="[NAME=]FILE",
-                   help="QA JSONL per benchmark: check references by id and count absent predictions as missing")
+    p.add_argument(
+        "--predictions",
+        nargs="+",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="predictions JSONL, one per benchmark (NAME defaults to the file name)",
+    )
+    p.add_argument(
+        "--qa",
+        nargs="+",
+        metavar="[NAME=]FILE",
+        help="QA JSONL per benchmark: check references by id and count absent predictions as missing",
+    )
     p.add_argument("--judge", choices=JUDGES, required=True)
     p.add_argument("--out", required=True, help="results JSON (judgments go to <out>.judgments.jsonl)")
-    p.add_argument("--benchmark", metavar="NAME|SPEC",
-                   help="a single predictions file's benchmark: a name (a shipped spec's, e.g. msvd, or a label) "
-                        "or a video QA spec's path")
+    p.add_argument(
+        "--benchmark",
+        metavar="NAME|SPEC",
+        help="a single predictions file's benchmark: a name (a shipped spec's, e.g. msvd, or a label) "
+        "or a video QA spec's path",
+    )
     g = p.add_argument_group("openai judge")
     g.add_argument("--model", help=f"judge model (default: the benchmark spec's, else {DEFAULT_JUDGE_MODEL})")
     g.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OpenAI)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key")
     g.add_argument("--cache", help="judgment cache JSONL (default: <out>.judge_cache.jsonl)")
     g.add_argument("--concurrency", type=int, default=4)
-    g.add_argument("--max-retries", type=int, default=5,
-                   help="retries of a failed request (429, 5xx, timeouts), with backoff, by the openai client")
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries of a failed request (429, 5xx, timeouts), with backoff, by the openai client",
+    )
     g.add_argument("--max-parse-retries", type=int, default=2, help="times an unreadable reply is asked again")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
@@ -98,9 +115,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         specs = benchmark_specs(name_files(preds, benchmark))
     if args.judge == "openai":
-        judge = OpenAIJudge(judge_model(specs, args.model), args.base_url, args.api_key_env, args.concurrency,
-                            args.max_retries, args.max_parse_retries, args.timeout,
-                            cache_path=args.cache or sidecar_path(args.out, ".judge_cache.jsonl"))
+        judge = OpenAIJudge(
+            judge_model(specs, args.model),
+            args.base_url,
+            args.api_key_env,
+            args.concurrency,
+            args.max_retries,
+            args.max_parse_retries,
+            args.timeout,
+            cache_path=args.cache or sidecar_path(args.out, ".judge_cache.jsonl"),
+        )
     else:
         judge = OfflineJudge(args.judge.removeprefix("offline-"))
     results = judge_predictions(preds, judge, args.out, benchmark, _pairs(args.qa), specs=specs)

@@ -6,6 +6,7 @@ that still fails counts as an API error: reported, not cached, asked again on a 
 403 / 404 (a model the server will not serve) stop the run at once. The key is read from an environment variable
 and never written anywhere.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,9 +58,19 @@ class JudgmentCache:
 
     def put(self, key: str, question: str, answer: str, pred: str, judgment: Judgment) -> None:
         """Append a final judgment at once, so a crash loses nothing already judged."""
-        record = {"key": key, "judge_model": self.model, "rubric": RUBRIC_VERSION, "question": question,
-                  "answer": answer, "pred": pred, "match": judgment.match, "score": judgment.score,
-                  "status": judgment.status, "reply": judgment.reply, "error": judgment.error}
+        record = {
+            "key": key,
+            "judge_model": self.model,
+            "rubric": RUBRIC_VERSION,
+            "question": question,
+            "answer": answer,
+            "pred": pred,
+            "match": judgment.match,
+            "score": judgment.score,
+            "status": judgment.status,
+            "reply": judgment.reply,
+            "error": judgment.error,
+        }
         with self._lock:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
@@ -91,11 +102,17 @@ class OpenAIJudge:
             raise ValueError("need concurrency >= 1, max_retries >= 0 and max_parse_retries >= 0")
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise ValueError(f"the judge's API key is read from ${api_key_env}, which is not set "
-                             "(for a server that needs no key, set it to any non-empty value)")
+            raise ValueError(
+                f"the judge's API key is read from ${api_key_env}, which is not set "
+                "(for a server that needs no key, set it to any non-empty value)"
+            )
         if base_url is None and not is_pinned(model):
-            logger.warning("judge model %r looks like a moving alias: pin a dated snapshot (e.g. %r) so that "
-                           "scores stay comparable", model, DEFAULT_JUDGE_MODEL)
+            logger.warning(
+                "judge model %r looks like a moving alias: pin a dated snapshot (e.g. %r) so that "
+                "scores stay comparable",
+                model,
+                DEFAULT_JUDGE_MODEL,
+            )
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.concurrency, self.max_retries, self.max_parse_retries = concurrency, max_retries, max_parse_retries
         self.timeout, self.max_tokens = timeout, max_tokens
@@ -109,11 +126,20 @@ class OpenAIJudge:
     def describe(self) -> dict:
         """What the results JSON records about this judge (never the key itself)."""
         return {
-            "name": self.name, "kind": "llm", "model": self.model, "reported_models": sorted(self.reported_models),
-            "base_url": self.base_url or "https://api.openai.com/v1 (default)", "temperature": 0,
-            "rubric_version": RUBRIC_VERSION, "api_key_env": self.api_key_env, "cache": self.cache.path,
-            "max_retries": self.max_retries, "max_parse_retries": self.max_parse_retries, "timeout": self.timeout,
-            **self.stats, "comparable_with_gpt_judged": True,
+            "name": self.name,
+            "kind": "llm",
+            "model": self.model,
+            "reported_models": sorted(self.reported_models),
+            "base_url": self.base_url or "https://api.openai.com/v1 (default)",
+            "temperature": 0,
+            "rubric_version": RUBRIC_VERSION,
+            "api_key_env": self.api_key_env,
+            "cache": self.cache.path,
+            "max_retries": self.max_retries,
+            "max_parse_retries": self.max_parse_retries,
+            "timeout": self.timeout,
+            **self.stats,
+            "comparable_with_gpt_judged": True,
         }
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Judgment]:
@@ -142,8 +168,9 @@ class OpenAIJudge:
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
             futures = {pool.submit(task, key, items[rows[0]]): key for key, rows in todo.items()}
-            for future in tqdm(as_completed(futures), total=len(futures), desc=f"judge {self.model}",
-                               disable=not futures):
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc=f"judge {self.model}", disable=not futures
+            ):
                 judgment = future.result()
                 for i in todo[futures[future]]:
                     results[i] = judgment
@@ -170,8 +197,9 @@ class OpenAIJudge:
                 problem = str(err)
                 continue
             return self._store(key, question, answer, pred, Judgment(match, score, "judged", reply))
-        failure = Judgment(None, None, "parse_failure", reply, f"{1 + self.max_parse_retries} replies unreadable: "
-                           f"{problem}")
+        failure = Judgment(
+            None, None, "parse_failure", reply, f"{1 + self.max_parse_retries} replies unreadable: {problem}"
+        )
         return self._store(key, question, answer, pred, failure)
 
     def _request(self, messages: list[dict]) -> str:
@@ -180,7 +208,8 @@ class OpenAIJudge:
             self.stats["requests"] += 1
         try:
             response = self._client.chat.completions.create(
-                model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens)
+                model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
+            )
         except openai.AuthenticationError:
             raise JudgeError(f"the judge server rejected the API key from ${self.api_key_env} (HTTP 401)") from None
         except (openai.PermissionDeniedError, openai.NotFoundError) as err:

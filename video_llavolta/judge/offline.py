@@ -5,6 +5,7 @@ spaces, articles dropped, number words up to twenty as digits. A match scores 5,
 than the VQA normaliser of image scoring (`image_llavolta.scoring.normalize_vqa_answer`, which follows VQAv2's
 rules for short answers): open-ended video answers are compared as a whole, not against ten human answers.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -15,9 +16,13 @@ from .replies import Judgment
 OFFLINE_NOTE = (
     "offline string match: score 5 for a match, 0 otherwise. NOT comparable with GPT-judged accuracy or score."
 )
-NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
 ARTICLES = frozenset({"a", "an", "the"})
 
 
@@ -40,8 +45,13 @@ class OfflineJudge:
 
     def describe(self) -> dict:
         """What the results JSON records about this judge."""
-        return {"name": self.name, "kind": "offline", "mode": self.mode, "comparable_with_gpt_judged": False,
-                "note": OFFLINE_NOTE}
+        return {
+            "name": self.name,
+            "kind": "offline",
+            "mode": self.mode,
+            "comparable_with_gpt_judged": False,
+            "note": OFFLINE_NOTE,
+        }
 
     def same(self, answer: str, pred: str) -> bool:
         """Whether a prediction matches the reference under this judge's mode."""

@@ -3,6 +3,7 @@
 The prompts ask for one JSON object at temperature 0. `RUBRIC_VERSION` names them: it is part of every cache key
 and of every video QA spec's judge settings, so a change of wording must come with a new version.
 """
+
 from __future__ import annotations
 
 import re

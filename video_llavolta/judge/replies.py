@@ -1,4 +1,5 @@
 """A judge's verdict and how an LLM reply becomes one: JSON or a Python dict literal, never `eval`."""
+
 from __future__ import annotations
 
 import ast

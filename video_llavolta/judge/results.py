@@ -4,6 +4,7 @@ Accuracy = yes / judged and the mean score over judged questions; parse failures
 predictions (a video that failed to load, or a question of the QA file without a prediction) are counted, never
 judged as "no".
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,14 @@ def name_files(paths, default_name: str | None) -> dict[str, str]:
 
 
 def _row(name: str, record: dict, **extra) -> dict:
-    return {"benchmark": name, "question_id": record["question_id"], "type": record.get("type"),
-            "question": record.get("question"), "answer": record.get("answer"), **extra}
+    return {
+        "benchmark": name,
+        "question_id": record["question_id"],
+        "type": record.get("type"),
+        "question": record.get("question"),
+        "answer": record.get("answer"),
+        **extra,
+    }
 
 
 def _load_rows(name: str, pred_path: str, qa_path: str | None) -> list[dict]:
@@ -78,8 +85,10 @@ def _load_rows(name: str, pred_path: str, qa_path: str | None) -> list[dict]:
             if ref is None:
                 raise ValueError(f"{pred_path}: question id {row['question_id']!r} is not in {qa_path}")
             if row["answer"] is not None and row["answer"] != ref["answer"]:
-                raise ValueError(f"{pred_path}: question id {row['question_id']!r} has answer {row['answer']!r} "
-                                 f"but {qa_path} says {ref['answer']!r}: predictions from another QA file?")
+                raise ValueError(
+                    f"{pred_path}: question id {row['question_id']!r} has answer {row['answer']!r} "
+                    f"but {qa_path} says {ref['answer']!r}: predictions from another QA file?"
+                )
             row["question"], row["answer"] = ref["question"], ref["answer"]  # a failure record may lack them
         for key, ref in qa.items():
             if key not in seen:
@@ -87,8 +96,14 @@ def _load_rows(name: str, pred_path: str, qa_path: str | None) -> list[dict]:
     return rows
 
 
-def judge_predictions(pred_path, judge, out_path: str | os.PathLike, benchmark: str | None = None,
-                      qa_path=None, specs: Mapping[str, VideoQASpec] | None = None) -> dict:
+def judge_predictions(
+    pred_path,
+    judge,
+    out_path: str | os.PathLike,
+    benchmark: str | None = None,
+    qa_path=None,
+    specs: Mapping[str, VideoQASpec] | None = None,
+) -> dict:
     """Judge one predictions file (or {benchmark: file}); write the results JSON and per-question judgments.
 
     `qa_path`: the QA JSONL (or {benchmark: file}) to check references against and count absent predictions as
@@ -114,18 +129,27 @@ def judge_predictions(pred_path, judge, out_path: str | os.PathLike, benchmark: 
         "judge": described,
         "comparable_with_gpt_judged": judge.comparable_with_gpt,
         "note": "accuracy = yes / judged; score = mean over judged (0-5); parse failures, API errors and "
-                "missing predictions are counted, not judged" + ("" if judge.comparable_with_gpt else
-                                                                  ". " + OFFLINE_NOTE),
+        "missing predictions are counted, not judged" + ("" if judge.comparable_with_gpt else ". " + OFFLINE_NOTE),
         "predictions": preds,
         "specs": {name: spec.to_dict() for name, spec in (specs or {}).items()},
         "overall": metrics(rows),
         "by_type": _by_type(rows),
-        "by_benchmark": {name: {**metrics(sub), "by_type": _by_type(sub)}
-                         for name in preds for sub in [[r for r in rows if r["benchmark"] == name]]},
+        "by_benchmark": {
+            name: {**metrics(sub), "by_type": _by_type(sub)}
+            for name in preds
+            for sub in [[r for r in rows if r["benchmark"] == name]]
+        },
         "problems": {
-            status: [{"benchmark": r["benchmark"], "question_id": r["question_id"], "error": r.get("error"),
-                      **({"reply": r["reply"]} if r.get("reply") is not None else {})}
-                     for r in rows if r["status"] == status]
+            status: [
+                {
+                    "benchmark": r["benchmark"],
+                    "question_id": r["question_id"],
+                    "error": r.get("error"),
+                    **({"reply": r["reply"]} if r.get("reply") is not None else {}),
+                }
+                for r in rows
+                if r["status"] == status
+            ]
             for status in PROBLEMS
         },
         "judgments": sidecar_path(out_path, ".judgments.jsonl"),
@@ -141,8 +165,16 @@ HEADERS = ("", "questions", "judged", "accuracy", "score", "parse fail", "api er
 
 def _table_row(label: str, m: dict) -> list:
     score = None if m["score"] is None else f"{m['score']:.2f}"
-    return [label, m["questions"], m["judged"], percent(m["accuracy"]), score, m["parse_failures"], m["api_errors"],
-            m["missing"]]
+    return [
+        label,
+        m["questions"],
+        m["judged"],
+        percent(m["accuracy"]),
+        score,
+        m["parse_failures"],
+        m["api_errors"],
+        m["missing"],
+    ]
 
 
 def format_results(results: dict) -> str:

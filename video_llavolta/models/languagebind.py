@@ -6,6 +6,7 @@ video (pre-norm, residual), then the usual spatial block runs per frame. transfo
 plain CLIP tower, which silently drops these weights; here the branch is kept, and the parameter names match
 LanguageBind's (`temporal_embedding`, `temporal_layer_norm1`, `temporal_attn`) so checkpoints map one to one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,4 +78,3 @@ class LanguageBindVideoTower(StockModelingMixin, CLIPVisionModel):
         super()._init_weights(module)
         if isinstance(module, TemporalCLIPEncoderLayer):
             init.normal_(module.temporal_embedding, std=module.embed_dim**-0.5)
-

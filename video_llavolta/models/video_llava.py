@@ -5,6 +5,7 @@ tower is transformers' model (image tower, 2-layer GELU projector shared by imag
 decoder); with `video_temporal_attention` in the config the video tower is LanguageBind's, whose blocks also
 attend over the frames of each video (`languagebind`), and `num_frames` sets its frame count.
 """
+
 import torch
 from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 from transformers.cache_utils import Cache
@@ -16,7 +17,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from image_llavolta.compression import (
-    FROM_CONFIG, CompressedCausalLMOutput, CompressedModelMixin, CompressionSpec, SpecArgument, enable_compression,
+    FROM_CONFIG,
+    CompressedCausalLMOutput,
+    CompressedModelMixin,
+    CompressionSpec,
+    SpecArgument,
+    enable_compression,
     find_segments,
 )
 
@@ -65,13 +71,22 @@ class VideoLlavoltaForConditionalGeneration(CompressedModelMixin, VideoLlavaForC
         `output_compression=True` returns the accounting even when nothing is compressed.
         `pixel_values_images` is the old name of `pixel_values`, renamed before the body runs.
         """
-        visual = dict(pixel_values=pixel_values, pixel_values_videos=pixel_values_videos,
-                      vision_feature_layer=vision_feature_layer,
-                      vision_feature_select_strategy=vision_feature_select_strategy,
-                      mm_encoder_outputs=mm_encoder_outputs)
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                      logits_to_keep=logits_to_keep)
+        visual = dict(
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=mm_encoder_outputs,
+        )
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+        )
         return self._forward(visual, inputs, {"use_cache": use_cache, **kwargs}, compression, output_compression)
 
     def text_decoder(self):
@@ -123,8 +138,12 @@ class VideoLlavoltaForConditionalGeneration(CompressedModelMixin, VideoLlavaForC
         return embeds, lengths, states
 
 
-def build_model(config: VideoLlavaConfig, compression: CompressionSpec | None = None, attn_implementation: str = "sdpa",
-                seed: int | None = None) -> VideoLlavoltaForConditionalGeneration:
+def build_model(
+    config: VideoLlavaConfig,
+    compression: CompressionSpec | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int | None = None,
+) -> VideoLlavoltaForConditionalGeneration:
     """A randomly initialised model for `config` (tiny configs for tests and the quickstart), compression applied."""
     if seed is not None:
         torch.manual_seed(seed)
