@@ -12,7 +12,7 @@ from helpers import REPO, llavolta
 from image_llavolta.commands import Job, Jobs, command_main, main_for
 from llavolta import cli
 
-# The list of jobs, written out here so that a command missing from the registry fails the test.
+# Every job the toolkit has, written out here so that a command missing from the registry fails the test.
 JOBS = [
     "extract-frames",
     "convert-qa",
