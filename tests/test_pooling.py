@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from image_llavolta.compression.pooling import average_pool, compressed_targets, padding_side, plan_compression
-from image_llavolta.compression.segments import find_segments
+from image_llavolta.compression.segments import find_segments, layout_from_segment_index
 
 IMG, V = 90, 91
 
@@ -14,6 +14,31 @@ def test_back_to_back_segments_are_split_by_length():
     layout = find_segments(ids, {IMG: 3, V: 3})
     assert layout.offset.tolist() == [[0, 0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 0]]
     assert layout.is_visual.tolist() == [[False] + [True] * 6 + [False] + [True] * 3 + [False]]
+
+
+def test_segment_index_layout_keeps_separators_and_variable_lengths():
+    # row 0: a 3-token frame, a kept newline (-1), a 2-token frame; row 1: one 4-token tile, text around it
+    index = torch.tensor([[-1, 0, 0, 0, -1, 1, 1, -1], [-1, -1, 5, 5, 5, 5, -1, -1]])
+    layout = layout_from_segment_index(index)
+    assert layout.is_visual.tolist() == [
+        [False, True, True, True, False, True, True, False],
+        [False, False, True, True, True, True, False, False],
+    ]
+    assert layout.offset.tolist() == [[0, 0, 1, 2, 0, 0, 1, 0], [0, 0, 0, 1, 2, 3, 0, 0]]
+    plan = plan_compression(layout, None, torch.arange(8)[None], stride=2)
+    # row 0: text, [1,2], [3], newline, [5,6], text = 6 slots; row 1: 2 text, [2,3], [4,5], 2 text = 6 slots
+    assert plan.counts.tolist() == [[1, 2, 1, 1, 2, 1], [1, 1, 2, 2, 1, 1]]
+    assert plan.position_ids.tolist() == [[0, 1, 3, 4, 5, 7], [0, 1, 2, 4, 6, 7]]
+
+
+def test_adjacent_segments_with_their_own_ids_are_separate():
+    layout = layout_from_segment_index(torch.tensor([[0, 0, 0, 1, 1, 1]]))
+    assert layout.offset.tolist() == [[0, 1, 2, 0, 1, 2]]
+
+
+def test_split_segment_index_is_refused():
+    with pytest.raises(ValueError, match="sample 0: a visual segment is split"):
+        layout_from_segment_index(torch.tensor([[0, 0, -1, 0]]))
 
 
 def test_run_not_splitting_into_segments_names_sample_and_position():

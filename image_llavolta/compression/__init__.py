@@ -15,7 +15,7 @@ from .adapter import (
     placeholder_ids,
 )
 from .cache import CompressedCache
-from .segments import find_segments
+from .segments import VisualLayout, find_segments, layout_from_segment_index
 from .spec import (
     CONFIG_KEY,
     FROM_CONFIG,
@@ -45,7 +45,9 @@ __all__ = [
     "check_spec_argument",
     "compression_ratio",
     "enable_compression",
+    "VisualLayout",
     "find_segments",
+    "layout_from_segment_index",
     "parse_spec",
     "placeholder_ids",
     "pooled_length",

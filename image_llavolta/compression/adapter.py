@@ -8,7 +8,8 @@ It tells the core what only the family knows:
 - `placeholder_attrs`: the config attributes holding its visual placeholder ids;
 - `pixel_inputs`: the forward arguments that bring new visual tokens;
 - `embed_multimodal(input_ids, visual)`: the input embeddings with the visual features scattered in, the
-  segment length of each placeholder id (one image, one frame), and the visual states to return;
+  segments (the segment length of each placeholder id, one image or one frame; or, for layouts that vary per
+  sample, a `VisualLayout` from `layout_from_segment_index`), and the visual states to return;
 - `text_decoder()`: the decoder (a Llama-style `...Model`) that the compressed pass drives.
 
 The core finds segments from the ids and those lengths, pools them inside the decoder and computes the loss.
@@ -40,7 +41,7 @@ from .cache import CompressedCache
 from .decoder import check_decoder, compressed_decoder_forward
 from .methods import fastv_query_index
 from .pooling import compressed_targets
-from .segments import find_segments
+from .segments import VisualLayout, find_segments
 from .spec import CONFIG_KEY, FROM_CONFIG, CompressionSpec, SpecArgument, check_spec_argument
 
 # stock transformers class -> its compressed adapter class, filled as adapters are defined
@@ -113,8 +114,10 @@ class CompressedModelMixin(StockModelingMixin):
         if "stock_class" in cls.__dict__:  # an adapter; its own subclasses (other towers) keep its registration
             ADAPTERS[cls.stock_class] = cls
 
-    def embed_multimodal(self, input_ids: torch.Tensor, visual: dict) -> tuple[torch.Tensor, dict, dict]:
-        """(embeddings (B, L, D), {placeholder id: segment length}, visual states to return)."""
+    def embed_multimodal(
+        self, input_ids: torch.Tensor, visual: dict
+    ) -> tuple[torch.Tensor, dict[int, int] | VisualLayout, dict]:
+        """(embeddings (B, L, D), {placeholder id: segment length} or a VisualLayout, visual states to return)."""
         raise NotImplementedError
 
     def text_decoder(self):
@@ -208,8 +211,8 @@ class CompressedModelMixin(StockModelingMixin):
                 )
         # Placeholder ids without their pixel inputs are text, as in the stock forward: so is every id appended to
         # a compressed prefill, including a placeholder id that a model generates.
-        inputs_embeds, segment_lengths, visual_states = self.embed_multimodal(input_ids, visual)
-        layout = find_segments(input_ids, segment_lengths)
+        inputs_embeds, segments, visual_states = self.embed_multimodal(input_ids, visual)
+        layout = segments if isinstance(segments, VisualLayout) else find_segments(input_ids, segments)
 
         query_index = None
         if spec.method == "fastv" and labels is not None:

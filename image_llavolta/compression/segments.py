@@ -1,4 +1,5 @@
-"""Where the visual segments are: one image, or one video frame, found from token ids and segment lengths."""
+"""Where the visual segments are (one image, one video frame, one tile): from token ids and segment lengths, or
+from a per-token segment index that a family with variable layouts builds itself."""
 
 from __future__ import annotations
 
@@ -56,4 +57,28 @@ def find_segments(input_ids: torch.Tensor, segment_lengths: Mapping[int, int]) -
             f"segments of {n} tokens (one image or one video frame each); the number of placeholder tokens "
             f"does not match the visual inputs"
         )
+    return VisualLayout(is_visual=is_visual, offset=offset)
+
+
+def layout_from_segment_index(segment_index: torch.Tensor) -> VisualLayout:
+    """The layout of a (B, L) per-token segment index: -1 for tokens never pooled, else the token's segment.
+
+    For families whose segments vary per sample (dynamic resolution, tiles, temporal patches) or whose visual
+    runs hold tokens that must keep their places (newline embeddings, separators): those tokens get -1. Each
+    segment must be one contiguous stretch of its row.
+    """
+    if segment_index.ndim != 2:
+        raise ValueError(f"segment_index must be (batch, length), got shape {tuple(segment_index.shape)}")
+    batch, length = segment_index.shape
+    is_visual = segment_index >= 0
+    starts = is_visual.clone()  # (B, L) first token of a segment
+    starts[:, 1:] &= segment_index[:, 1:] != segment_index[:, :-1]
+    # Segment ids in a row are distinct, so a segment split in two shows as more starts than distinct ids.
+    for b in range(batch):
+        ids = segment_index[b][is_visual[b]]
+        if int(starts[b].sum()) != int(ids.unique().numel()):
+            raise ValueError(f"sample {b}: a visual segment is split into several stretches; each must be contiguous")
+    pos = torch.arange(length, device=segment_index.device).expand(batch, length)
+    start_pos = torch.where(starts, pos, 0).cummax(dim=1).values
+    offset = torch.where(is_visual, pos - start_pos, 0)  # (B, L) index inside the segment
     return VisualLayout(is_visual=is_visual, offset=offset)
