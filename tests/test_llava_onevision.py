@@ -55,6 +55,11 @@ def test_newlines_keep_their_places_and_windows_stay_in_segments():
     video = model(input_ids=ids, pixel_values_videos=torch.randn(2, 3, 3, 28, 28))
     assert video.compression.tokens_in == 6 * FRAME and video.compression.tokens_out == 6 * 4
     assert video.logits.shape[1] == 1 + 2 * (3 * 4 + 1) + 1
+    # the stock path's accounting counts the same visual tokens (the newlines are not)
+    stock = model(
+        input_ids=ids, pixel_values_videos=torch.randn(2, 3, 3, 28, 28), compression=None, output_compression=True
+    )
+    assert stock.compression.tokens_in == stock.compression.tokens_out == 6 * FRAME
 
 
 @torch.no_grad()

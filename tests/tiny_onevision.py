@@ -187,3 +187,39 @@ def mixed_batch(model, side):
     ids, mask, positions = pad_batch([s.ids for s in samples], side)
     batch = dict(input_ids=ids, attention_mask=mask, position_ids=positions, **pixels)
     return samples, batch, split_pixels(samples, pixels)
+
+
+# The chat template of llava-hf/llava-onevision-qwen2-7b-ov-hf (Qwen2's <|im_start|> turns; images, then videos,
+# then text, each text part after a newline).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+def qwen_style_tokenizer(vocab_size=96):
+    """A word-level tokenizer with Qwen2's specials and the OneVision chat template; <image>, <video> last."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = "user assistant what is in the video a red circle moving left right how many objects ? .".split()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    vocab.update({f"w{i}": len(vocab) + i for i in range(vocab_size - 2 - len(vocab))})
+    vocab.update({"<image>": vocab_size - 2, "<video>": vocab_size - 1})
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<image>", "<video>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -16,6 +16,8 @@ the segments follow that layout, read per item from the features themselves (so 
 video's, so they are found as the features equal to the model's `image_newline`, which the model copies in).
 """
 
+import math
+
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from transformers.cache_utils import Cache
@@ -145,10 +147,19 @@ class LlavaOnevisionLlavoltaForConditionalGeneration(CompressedModelMixin, Llava
             states["video_hidden_states"] = features.flatten(0, 1)
         return embeds, layout_from_segment_index(segment_index), states
 
-    def frame_tokens(self) -> int:
-        """Tokens per video frame after the model's own pooling (`apply_pooling`), from the tower's patch grid."""
-        grid = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        return self.model.apply_pooling(torch.zeros(1, grid * grid, 1)).shape[1]
+    def kept_placeholders(self, input_ids, out):
+        """(B,) image_newline embeddings among each sample's placeholders, read from the stock output's features."""
+        kept = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        for token_id, features in (
+            (self.config.image_token_id, out.image_hidden_states),
+            (self.config.video_token_id, out.video_hidden_states),
+        ):
+            is_placeholder = input_ids == token_id  # (B, L)
+            if features is None or int(is_placeholder.sum()) != len(features):
+                continue  # a decode step, or features the stock forward already refused
+            newline = self._is_newline(features).to(input_ids.device)
+            kept += torch.zeros_like(is_placeholder).masked_scatter(is_placeholder, newline).sum(1)
+        return kept
 
     def _is_newline(self, features: torch.Tensor) -> torch.Tensor:
         """(tokens,) bool: the features that are the model's `image_newline` embedding, copied in by the model."""
@@ -180,7 +191,7 @@ class LlavaOnevisionLlavoltaForConditionalGeneration(CompressedModelMixin, Llava
 
     def _video_segments(self, features: torch.Tensor, frames: int | None, first: int) -> tuple[list[torch.Tensor], int]:
         """Per video, (tokens,) segment ids: one per frame, the trailing newline -1."""
-        per_frame = self.frame_tokens()
+        per_frame = frame_tokens(self.config)
         videos, tokens, _ = features.shape
         count, rest = divmod(tokens - 1, per_frame)
         if rest or (frames is not None and count != frames) or not bool(self._is_newline(features[:, -1]).all()):
@@ -218,6 +229,12 @@ class LlavaOnevisionLlavoltaForConditionalGeneration(CompressedModelMixin, Llava
         embeds = embeds.masked_scatter(mask, torch.cat(items))
         segment_index = segment_index.masked_scatter(is_placeholder, torch.cat(index).to(segment_index.device))
         return embeds, segment_index
+
+
+def frame_tokens(config: LlavaOnevisionConfig) -> int:
+    """Tokens per video frame: the tower's g × g patch grid after `apply_pooling`'s bilinear resize to ceil(g/2)²."""
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    return math.ceil(grid / 2) ** 2
 
 
 def build_model(
