@@ -1,0 +1,77 @@
+"""LLaVA-OneVision through the pipeline: chat-template training samples and staged training of a tiny checkpoint."""
+
+import json
+
+import pytest
+import torch
+from test_onevision_family import save_hub_layout
+from test_train import synthetic  # noqa: F401  (the synthetic data set fixture)
+from tiny_onevision import FRAME, VIDEO, qwen_style_tokenizer, tiny_onevision
+
+from image_llavolta.labels import IGNORE_INDEX
+from llavolta.train import main as llavolta_train
+from video_llavolta.onevision import LLAVA_ONEVISION, video_prompt
+from video_llavolta.train_onevision import encode_chat
+
+SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
+
+
+def test_turns_are_the_templates_prompts_and_labels_the_replies():
+    tokenizer = qwen_style_tokenizer()
+    placeholders = {"<video>": (VIDEO, 2 * FRAME + 1)}
+    turns = [
+        {"from": "human", "value": "<video>\nwhat is in the video ?"},
+        {"from": "gpt", "value": "a red circle"},
+        {"from": "human", "value": "how many objects ?"},
+        {"from": "gpt", "value": "w1"},
+    ]
+    ids, labels = encode_chat(tokenizer, turns, placeholders, "s0")
+    tok = tokenizer.convert_tokens_to_ids
+    # independently: the first prompt as inference renders it, the reply and <|im_end|>, the template's newline
+    # (a whitespace to the word tokenizer), then the second turn as the template writes it after the history
+    first = [tok("<|im_start|>"), tok("user")] + [VIDEO] * (2 * FRAME + 1) + tok("what is in the video ?".split())
+    first += [tok("<|im_end|>"), tok("<|im_start|>"), tok("assistant")]
+    reply = tok("a red circle".split()) + [tok("<|im_end|>")]
+    second = [tok("<|im_start|>"), tok("user")] + tok("how many objects ?".split())
+    second += [tok("<|im_end|>"), tok("<|im_start|>"), tok("assistant")]
+    assert ids == first + reply + second + [tok("w1"), tok("<|im_end|>")]
+    assert labels == [IGNORE_INDEX] * len(first) + reply + [IGNORE_INDEX] * len(second) + [tok("w1"), tok("<|im_end|>")]
+    prompt_ids = tokenizer(video_prompt(tokenizer, "what is in the video ?").replace("<video>", ""))["input_ids"]
+    assert [i for i in first if i != VIDEO] == prompt_ids
+    with pytest.raises(ValueError, match="sample 'bad': a gpt turn contains a visual placeholder"):
+        encode_chat(tokenizer, [turns[0], {"from": "gpt", "value": "<video>"}], placeholders, "bad")
+
+
+def test_staged_training_of_a_tiny_checkpoint(synthetic, tmp_path):  # noqa: F811
+    model = tiny_onevision()
+    model.config.num_frames = 2  # the toolkit's frames-per-video field
+    save_hub_layout(model, tmp_path / "base")
+    records = json.loads((synthetic / "train.json").read_text())[:8]
+    (synthetic / "train8.json").write_text(json.dumps(records))
+    out = tmp_path / "run"
+    overrides = [
+        f"model.path={tmp_path / 'base'}",
+        f"output_dir={out}",
+        f"data.train=[{synthetic / 'train8.json'}]",
+        f"data.video_root={synthetic / 'videos'}",
+        "data.max_length=512",
+        "optim.per_device_batch_size=4",
+        "optim.lr=1e-3",
+        f"scheme={json.dumps(SCHEME)}",
+        "logging_steps=100",
+    ]
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {family: llava_onevision}\n")
+    assert llavolta_train([str(config), *overrides]) == 0  # `llavolta train` picks the family's trainer
+    report = json.loads((out / "train_report.json").read_text())
+    first, last = report["stages"]
+    assert report["total_optimizer_steps"] == 2 and first["samples"] + last["samples"] == 8
+    frames_in = first["samples"] * 2
+    # K=1, S=4: each 16-token frame pools to 4 tokens; the video's newline is not a visual token
+    assert (first["visual_tokens_in"], first["visual_tokens_out"]) == (frames_in * FRAME, frames_in * 4)
+    assert last["visual_tokens_out"] == last["visual_tokens_in"] == last["samples"] * 2 * FRAME
+    trained = LLAVA_ONEVISION.load_pretrained(out)
+    assert trained.compression_spec is None and trained.config.model_type == "llava_onevision"
+    assert not torch.equal(
+        trained.model.multi_modal_projector.linear_1.weight, model.model.multi_modal_projector.linear_1.weight
+    )
