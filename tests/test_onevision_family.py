@@ -94,16 +94,17 @@ def test_prompt_from_the_chat_template_and_a_compressed_forward(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)  # the template travels with the tokenizer
     prompt = video_prompt(tokenizer, "what is in the video ?")
+    assert video_prompt(tokenizer, "<video>\nwhat is in the video ?") == prompt  # a benchmark prompt places it
     assert prompt == "<|im_start|>user <video>\nwhat is in the video ?<|im_end|>\n<|im_start|>assistant\n"
     model = enable_compression(tiny_onevision(), CompressionSpec(2, 4))
     frames = np.random.default_rng(1).integers(0, 256, (3, 30, 40, 3), dtype=np.uint8)
     inputs = encode_video_sample(tokenizer, model.config, prompt, frames)
-    ids = inputs["input_ids"][0].tolist()
+    ids = inputs["input_ids"]
     assert ids.count(VIDEO) == 3 * FRAME + 1 and inputs["pixel_values_videos"].shape == (1, 3, 3, 28, 28)
     start = ids.index(VIDEO)
     assert ids[:start] == tokenizer.convert_tokens_to_ids(["<|im_start|>", "user"])  # no BOS: Qwen2 has none
     assert ids[start + 3 * FRAME + 1] == tokenizer.convert_tokens_to_ids("what")  # the run is whole
-    out = model(**inputs)
+    out = model(input_ids=torch.tensor([ids]), pixel_values_videos=inputs["pixel_values_videos"])
     text = len(ids) - 3 * FRAME - 1
     assert out.logits.shape[1] == text + 3 * pooled_length(FRAME, 4) + 1  # the newline kept
     with pytest.raises(ValueError, match="2 <video> placeholders"):

@@ -7,10 +7,14 @@ import torch
 from test_onevision_family import save_hub_layout
 from test_train import synthetic  # noqa: F401  (the synthetic data set fixture)
 from tiny_onevision import FRAME, VIDEO, qwen_style_tokenizer, tiny_onevision
+from transformers import AutoTokenizer
 
+from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.labels import IGNORE_INDEX
 from llavolta.train import main as llavolta_train
-from video_llavolta.onevision import LLAVA_ONEVISION, video_prompt
+from video_llavolta.frames import read_frames
+from video_llavolta.onevision import LLAVA_ONEVISION, encode_video_sample, video_prompt
+from video_llavolta.qa_inference import main as qa_main
 from video_llavolta.train_onevision import encode_chat
 
 SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
@@ -75,3 +79,28 @@ def test_staged_training_of_a_tiny_checkpoint(synthetic, tmp_path):  # noqa: F81
     assert not torch.equal(
         trained.model.multi_modal_projector.linear_1.weight, model.model.multi_modal_projector.linear_1.weight
     )
+
+
+def test_qa_inference_answers_through_the_chat_template(synthetic, tmp_path):  # noqa: F811
+    model = tiny_onevision()
+    model.config.num_frames = 2
+    save_hub_layout(enable_compression(model, CompressionSpec(1, 4)), tmp_path / "ckpt")
+    qa = synthetic / "test_qa.jsonl"
+    out = tmp_path / "preds.jsonl"
+    args = ["--model", tmp_path / "ckpt", "--qa", qa, "--video-root", synthetic / "videos", "--out", out]
+    assert qa_main([str(a) for a in [*args, "--max-new-tokens", "3", "--batch-size", "2"]]) == 0
+    preds = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in qa.read_text().splitlines()]
+    assert [p["question_id"] for p in preds] == [r["question_id"] for r in records]
+    # independently: one question, its prompt from the template, greedy decoding with the stored spec
+    loaded = LLAVA_ONEVISION.load_pretrained(tmp_path / "ckpt")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    frames = read_frames(synthetic / "videos" / records[0]["video"], num_frames=2).frames
+    prompt = video_prompt(tokenizer, records[0]["question"])
+    sample = encode_video_sample(tokenizer, loaded.config, prompt, frames)
+    ids = torch.tensor([sample["input_ids"]])
+    with torch.no_grad():
+        new = loaded.generate(
+            input_ids=ids, pixel_values_videos=sample["pixel_values_videos"], max_new_tokens=3, do_sample=False
+        )[0, ids.shape[1] :]
+    assert preds[0]["pred"] == tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -127,19 +127,27 @@ def process_frames(frames: np.ndarray, size: int = 384) -> torch.Tensor:
     return normalize(video)
 
 
+def user_message(text: str) -> dict:
+    """A user turn in the chat-template form: one video part per `<video>` in the text, then the text."""
+    parts = [{"type": "video"}] * text.count("<video>")
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text.replace("<video>", "").strip()}]}
+
+
 def video_prompt(tokenizer, question: str) -> str:
-    """A one-turn prompt with one video, through the tokenizer's chat template, ready for the answer."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """A one-turn prompt with one video before `question`, through the tokenizer's chat template, ready for the
+    answer; a `question` holding `<video>` itself (a benchmark's prompt) places it instead."""
+    text = question if "<video>" in question else "<video>\n" + question
+    return tokenizer.apply_chat_template([user_message(text)], add_generation_prompt=True, tokenize=False)
 
 
 def encode_video_sample(tokenizer, config: LlavaOnevisionConfig, prompt: str, frames: np.ndarray) -> dict:
-    """Model inputs of one prompt holding one `<video>`: ids with the video's placeholders, its pixels."""
+    """One sample of a prompt holding one `<video>`: `input_ids` (list) with its placeholders, and its pixels
+    `pixel_values_videos` (1, T, 3, S, S), as `video_llavolta.inputs.encode_sample` gives them."""
     if prompt.count("<video>") != 1:
         raise ValueError(f"the prompt has {prompt.count('<video>')} <video> placeholders; one video is given")
     pixels = process_frames(frames, size=config.vision_config.image_size)
     ids = tokenize_prompt(tokenizer, prompt, video_placeholder(config, len(pixels)))
-    return {"input_ids": torch.tensor([ids]), "pixel_values_videos": pixels[None]}
+    return {"input_ids": ids, "pixel_values_videos": pixels[None]}
 
 
 def load_pretrained(

@@ -23,13 +23,7 @@ from .configs import num_frames
 from .data import InstructionDataset
 from .inputs import read_video
 from .models.llava_onevision import LlavaOnevisionLlavoltaForConditionalGeneration
-from .onevision import load_pretrained, process_frames, video_placeholder
-
-
-def user_message(text: str) -> dict:
-    """A user turn in the chat-template form: one video part per `<video>` in the text, then the text."""
-    parts = [{"type": "video"}] * text.count("<video>")
-    return {"role": "user", "content": [*parts, {"type": "text", "text": text.replace("<video>", "").strip()}]}
+from .onevision import load_pretrained, process_frames, user_message, video_placeholder
 
 
 def encode_chat(
