@@ -1,5 +1,7 @@
 """The LLaVA-OneVision family: its record, the loader of llava-hf-layout directories, frames, prompts, FLOPs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from transformers import AutoTokenizer
 
 from image_llavolta.compression import CompressionSpec, enable_compression, pooled_length
 from image_llavolta.efficiency.report import efficiency_report
+from llavolta.efficiency import main as efficiency_main
 from video_llavolta.families import FAMILIES, family_for
 from video_llavolta.onevision import (
     LLAVA_ONEVISION,
@@ -126,3 +129,14 @@ def test_efficiency_report_flops_match_the_profiler():
     real = LLAVA_ONEVISION.tiny_model(1, 16, LLAVA_ONEVISION.image_size, 14, num_frames=1).config
     assert LLAVA_ONEVISION.synthetic_inputs(real, 1, 4)["input_ids"].shape[1] == 4 + 196 + 1
     assert siglip_tower_flops(real.vision_config, 2) == 2 * siglip_tower_flops(real.vision_config, 1)
+
+
+def test_efficiency_command_takes_the_family(tmp_path):
+    out = tmp_path / "report.json"
+    tiny = ["--tiny", "--family", "llava_onevision", "--layers", "4", "--hidden", "16", "--image-size", "28"]
+    quick = ["--text-tokens", "6", "--repeats", "0", "--no-profile", "--threads", "1", "--out", str(out)]
+    assert efficiency_main([*tiny, "--patch-size", "4", "--frames", "2", "--specs", "none", "1,4", *quick]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["family"] == "LLaVA-OneVision"
+    assert report["inputs"]["pixel_values_videos"] == [1, 2, 3, 28, 28]
+    assert [r["tokens_over_layers"] for r in report["rows"]] == [4 * 32, 32 + 3 * 8]  # 2 frames of 16; K=1,S=4
