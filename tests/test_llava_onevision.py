@@ -1,6 +1,7 @@
 """The LLaVA-OneVision adapter against stock transformers and an independent reference (tiny_onevision)."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -251,3 +252,25 @@ def test_bad_inputs_are_clear_errors():
 class _Out:
     def __init__(self, pooler_output):
         self.pooler_output = pooler_output
+
+
+def test_forward_signature_is_the_stock_one_plus_the_compression_arguments():
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    ours = inspect.signature(LlavaOnevisionLlavoltaForConditionalGeneration.forward).parameters
+    stock = inspect.signature(LlavaOnevisionForConditionalGeneration.forward).parameters
+    assert [ours[name] for name in stock] == list(stock.values())
+    assert [name for name in ours if name not in stock] == ["compression", "output_compression"]
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+@torch.no_grad()
+def test_uncompressed_generate_equals_stock(cache):
+    stock = tiny_onevision()
+    _, batch, _ = mixed_batch(stock, "left")
+    batch.pop("position_ids")
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    expected = stock.generate(**batch, **kw)
+    ours = enable_compression(copy.deepcopy(stock), CompressionSpec(4, 2))
+    assert torch.equal(ours.generate(**batch, **kw), expected)
+    assert isinstance(ours(**batch, return_dict=False), tuple)
