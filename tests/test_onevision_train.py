@@ -14,6 +14,7 @@ from image_llavolta.labels import IGNORE_INDEX
 from llavolta.train import main as llavolta_train
 from video_llavolta.frames import read_frames
 from video_llavolta.onevision import LLAVA_ONEVISION, encode_video_sample, video_prompt
+from video_llavolta.probe import main as probe_main
 from video_llavolta.qa_inference import main as qa_main
 from video_llavolta.train_onevision import encode_chat
 
@@ -104,3 +105,25 @@ def test_qa_inference_answers_through_the_chat_template(synthetic, tmp_path):  #
             input_ids=ids, pixel_values_videos=sample["pixel_values_videos"], max_new_tokens=3, do_sample=False
         )[0, ids.shape[1] :]
     assert preds[0]["pred"] == tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_probe_sweeps_and_profiles_a_checkpoint(synthetic, tmp_path):  # noqa: F811
+    model = tiny_onevision()
+    model.config.num_frames = 2
+    save_hub_layout(model, tmp_path / "ckpt")
+    out = tmp_path / "probe"
+    argv = ["--model", tmp_path / "ckpt", "--qa", synthetic / "test_qa.jsonl", "--video-root", synthetic / "videos"]
+    argv += ["--layers", "1", "--strides", "4", "--out", out, "--limit", "2", "--attention-samples", "1"]
+    assert probe_main([str(a) for a in [*argv, "--max-new-tokens", "2"]]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["visual_segments"] == [FRAME] * 2 and [p["name"] for p in sweep["points"]] == ["stock", "K1_S4"]
+    # K=1, S=4 on 2 frames of 16 over N=4 layers: (32 + 3·8) / (4·32) of the visual tokens kept
+    assert sweep["points"][1]["share_kept"] == pytest.approx((32 + 3 * 8) / (4 * 32))
+    attention = json.loads((out / "attention.json").read_text())
+    assert attention["status"] == "complete" and attention["question_ids"] == [sweep_first_question(synthetic)]
+    assert attention["tokens"]["visual"] == 2 * FRAME + 1  # the newline is a placeholder too
+    assert attention["tokens"]["system"] == 0  # the chat template writes no system message
+
+
+def sweep_first_question(root):
+    return json.loads((root / "test_qa.jsonl").read_text().splitlines()[0])["question_id"]

@@ -119,6 +119,11 @@ def _encode_with_chat_template(tokenizer, config, template: Template, question: 
 QUESTION_ENCODERS = {"llava_onevision": _encode_with_chat_template}
 
 
+def question_encoder(config):
+    """`encode(tokenizer, config, template, question, frames)` of a model config's family."""
+    return QUESTION_ENCODERS.get(config.model_type, _encode_with_template)
+
+
 def _prediction(record: dict, pred: str) -> dict:
     out = {k: record[k] for k in ("question_id", "question", "answer")}
     out["pred"] = pred
@@ -174,7 +179,7 @@ def run_inference(
         "transformers": transformers.__version__,
     }
 
-    encode_question = QUESTION_ENCODERS.get(model.config.model_type, _encode_with_template)
+    encode_question = question_encoder(model.config)
 
     def encode(record: dict) -> dict:
         frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
