@@ -139,4 +139,5 @@ def test_efficiency_command_takes_the_family(tmp_path):
     report = json.loads(out.read_text())
     assert report["model"]["family"] == "LLaVA-OneVision"
     assert report["inputs"]["pixel_values_videos"] == [1, 2, 3, 28, 28]
+    assert report["inputs"]["visual_tokens_per_sample"] == [2 * FRAME]  # the newline is not a visual token
     assert [r["tokens_over_layers"] for r in report["rows"]] == [4 * 32, 32 + 3 * 8]  # 2 frames of 16; K=1,S=4
