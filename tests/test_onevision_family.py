@@ -141,3 +141,18 @@ def test_efficiency_command_takes_the_family(tmp_path):
     assert report["inputs"]["pixel_values_videos"] == [1, 2, 3, 28, 28]
     assert report["inputs"]["visual_tokens_per_sample"] == [2 * FRAME]  # the newline is not a visual token
     assert [r["tokens_over_layers"] for r in report["rows"]] == [4 * 32, 32 + 3 * 8]  # 2 frames of 16; K=1,S=4
+
+
+def test_video_placeholders_match_transformers_processor_on_the_7b_shape():
+    from types import SimpleNamespace
+
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+
+    from video_llavolta.onevision import onevision_7b_config, video_placeholder
+
+    config = onevision_7b_config()
+    token_id, count = video_placeholder(config, 8)["<video>"]
+    # the processor's own expansion (its 729 tokens per image: 27 × 27 patches of 14 px at 384 px)
+    stand_in = SimpleNamespace(num_image_tokens=(384 // 14) ** 2, video_token="<video>")
+    text = LlavaOnevisionProcessor.replace_video_token(stand_in, {"pixel_values_videos": [torch.zeros(8, 3, 1, 1)]}, 0)
+    assert token_id == 151647 and count == text.count("<video>") == 8 * 196 + 1
