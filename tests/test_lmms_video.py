@@ -284,3 +284,41 @@ def test_msvd_task_equals_qa_inference_and_counts_judge_problems(checkpoint, dat
     cached = [json.loads(line) for line in open(os.environ["LLAVOLTA_JUDGE_CACHE"])]
     assert len(cached) == n - 1  # every judgment and the parse failure; the API error is asked again next time
     assert sorted(c["status"] for c in cached).count("parse_failure") == 1
+
+
+@pytest.mark.skipif(not HAS_LMMS_EVAL, reason=NO_LMMS_EVAL)
+def test_shipped_tasks_read_the_unified_qa_file(data, monkeypatch, tmp_path):
+    """All three task folders: docs from the QA JSONL with their video paths, the spec's prompt and token limit."""
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    from video_llavolta.benchmarks import load_qa_spec
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    frames = tmp_path / "frames"
+    (frames / "test_00001").mkdir(parents=True)  # a finished frame directory is preferred to its video
+    (frames / "test_00001" / "frames.json").write_text("{}")
+    for name in ("MSVD", "MSRVTT", "ACTIVITYNET"):
+        monkeypatch.setenv(f"LLAVOLTA_{name}_QA", data["qa"])
+        monkeypatch.setenv(f"LLAVOLTA_{name}_VIDEOS", data["videos"])
+    monkeypatch.setenv("LLAVOLTA_ACTIVITYNET_FRAMES", str(frames))
+    monkeypatch.delenv("LLAVOLTA_MSVD_FRAMES", raising=False)
+    manager = TaskManager(include_path=os.path.join(REPO, "configs", "lmms_tasks"), include_defaults=False)
+    names = ["llavolta_msvd_qa", "llavolta_msrvtt_qa", "llavolta_activitynet_qa"]
+    tasks = get_task_dict(names, manager)
+    for name, benchmark in zip(names, ("msvd", "msrvtt", "activitynet")):
+        task = tasks[name]
+        docs = list(task.test_docs())
+        assert [d["question_id"] for d in docs] == [r["question_id"] for r in data["records"]]
+        assert task.doc_to_text(docs[0]) == data["records"][0]["question"]  # "<video>\n" is the model's to place
+        assert task.config.generation_kwargs["max_new_tokens"] == load_qa_spec(benchmark).max_new_tokens
+        assert task.config.generation_kwargs["until"] == [] and task.config.generation_kwargs["do_sample"] is False
+        paths = {d["video"]: d["video_path"] for d in docs}
+        assert paths["test_00000.mp4"] == os.path.join(data["videos"], "test_00000.mp4")
+    by_video = {d["video"]: d["video_path"] for d in tasks["llavolta_activitynet_qa"].test_docs()}
+    msvd = {d["video"]: d["video_path"] for d in tasks["llavolta_msvd_qa"].test_docs()}
+    assert by_video["test_00001.mp4"] == str(frames / "test_00001")
+    assert msvd["test_00001.mp4"] == os.path.join(data["videos"], "test_00001.mp4")  # no frames root: the video
+
+    monkeypatch.delenv("LLAVOLTA_MSVD_QA")
+    with pytest.raises(ValueError, match=r"dataset_kwargs.qa_file is not set \('\$\{LLAVOLTA_MSVD_QA\}'\)"):
+        get_task_dict(["llavolta_msvd_qa"], manager)
