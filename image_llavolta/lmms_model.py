@@ -144,8 +144,12 @@ class Llavolta(_Base):
         return _as_image(visual)
 
     def visual_kind(self, visual) -> str:
-        """What a read visual is ("image" here); requests are batched with others of the same kinds."""
+        """What a read visual is ("image" here)."""
         return "image"
+
+    def batch_key(self, request) -> tuple:
+        """What requests must share to be batched beside their generation length: nothing more here (images only)."""
+        return ()
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
         if doc_to_visual is None:
@@ -180,22 +184,21 @@ class Llavolta(_Base):
         from tqdm import tqdm
 
         answers: list[str | None] = [None] * len(requests)
-        # One generation config per batch, and one kind of media per batch (images, videos, none, in order).
-        groups: dict[tuple, list[int]] = {}  # (max_new_tokens, visual kinds) -> request indices
-        visuals: list[list] = []
+        # One generation config per batch, and one batch_key (for videos: one kind of media) per batch.
+        groups: dict[tuple, list[int]] = {}  # (max_new_tokens, batch_key) -> request indices
         for i, request in enumerate(requests):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            gen_kwargs = gen_kwargs or {}
+            gen_kwargs = request.args[1] or {}
             self._warn_sampling(gen_kwargs)
-            visuals.append(self._visuals(doc_to_visual, doc_id, task, split))
-            kinds = tuple(self.visual_kind(v) for v in visuals[i])
-            groups.setdefault((int(gen_kwargs.get("max_new_tokens", 128)), kinds), []).append(i)
+            groups.setdefault((int(gen_kwargs.get("max_new_tokens", 128)), self.batch_key(request)), []).append(i)
         with tqdm(total=len(requests), desc="llavolta", disable=self.rank != 0) as bar:
             for (max_new_tokens, _), indices in groups.items():
                 generation = generation_config(self.tokenizer, self.model.config, max_new_tokens)
                 for start in range(0, len(indices), self.batch_size):
                     batch = indices[start : start + self.batch_size]
-                    samples = [self.encode(requests[i].args[0], visuals[i]) for i in batch]
+                    samples = []
+                    for i in batch:  # visuals read batch by batch: a whole benchmark's images never sit in memory
+                        context, _, doc_to_visual, doc_id, task, split = requests[i].args
+                        samples.append(self.encode(context, self._visuals(doc_to_visual, doc_id, task, split)))
                     outputs = generate_answers(self.model, self.tokenizer, samples, generation, self.compression)
                     for i, text in zip(batch, outputs):
                         answers[i] = cut_at_stops(text, (requests[i].args[1] or {}).get("until"))

@@ -75,6 +75,11 @@ class VideoLlavolta(Llavolta):
         """The kind of a visual: "video" or "image"."""
         return "video" if is_video(visual) else "image"
 
+    def batch_key(self, request) -> tuple:
+        """The kinds of a request's visuals, in order: images, videos and text only never share a batch."""
+        _, _, doc_to_visual, doc_id, task, split = request.args
+        return tuple(self.visual_kind(v) for v in self._visuals(doc_to_visual, doc_id, task, split))
+
     def encode(self, context: str, visuals) -> dict:
         """A model sample: frames sampled by the checkpoint's settings, placeholders added, template rendered."""
         if not self.answers_videos:

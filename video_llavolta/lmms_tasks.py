@@ -59,7 +59,10 @@ def setting(value, default=None):
 
 def _env(name: str, default):
     value = os.environ.get(name)
-    return type(default)(value) if value else default
+    try:
+        return type(default)(value) if value else default
+    except ValueError:
+        raise ValueError(f"${name} must be a {type(default).__name__}, got {value!r}") from None
 
 
 class VideoQATask(ConfigurableTask):
