@@ -416,7 +416,7 @@ def training_rows(layout, family, model, profile: Profile, specs: dict, seed: in
 
     stages = {f"stage {i + 1}: {s.label()}": s.spec for i, s in enumerate(scheme.stages)}
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     try:
         times = timing_rounds({k: (lambda s=s: timed(s)) for k, s in stages.items()}, profile.rounds, profile.warmup)
         memory = {}
@@ -424,7 +424,7 @@ def training_rows(layout, family, model, profile: Profile, specs: dict, seed: in
             model.zero_grad(set_to_none=True)
             memory[name] = peak_bytes(lambda spec=spec: step(spec), device) / 2**20
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         model.zero_grad(set_to_none=True)
         model.eval()
     uncompressed = next(k for k, s in stages.items() if s is None)
