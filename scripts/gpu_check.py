@@ -114,8 +114,9 @@ def cuda_profile() -> Profile:
         patch_size=14,
         attn=attn,
         speed_attn=attn,
-        # bf16 keeps 8 significant bits: each rounding is up to 0.4%, and a few of them add up through the layers
-        tolerance=2e-2,
+        # bf16 keeps 8 significant bits, so logits of scale x differ between kernels by a few ulps of x (about 1e-2
+        # of the largest on a 512-wide bf16 decoder on CPU); a wrong mask or shifted positions is O(1)
+        tolerance=5e-2,
         rounds=7,
         warmup=2,
         new_tokens=16,
@@ -158,6 +159,7 @@ def _llava(profile: Profile, seed: int):
         hidden=profile.hidden,
         text=profile.text,
     )
+    config.dtype = profile.dtype  # initialised in it, as from_pretrained(dtype=...) does: RoPE buffers stay fp32
     torch.manual_seed(seed)
     model = LlavoltaForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     return enable_compression(model, None)
@@ -172,6 +174,7 @@ def _video_llava(profile: Profile, seed: int):
         hidden=profile.hidden,
         text=profile.text,
     )
+    config.dtype = profile.dtype  # as for LLaVA
     return build_video_llava(config, seed=seed)
 
 
@@ -183,7 +186,7 @@ def build(layout: str, profile: Profile, seed: int):
     family, make = LAYOUTS[layout]
     with torch.device(profile.device):  # initialised in place: a 7B-wide decoder is slow to initialise on a CPU
         model = make(profile, seed)
-    return family, model.to(profile.dtype).eval()
+    return family, model.eval()
 
 
 def _to(inputs: dict, profile: Profile) -> dict:
@@ -253,7 +256,13 @@ def agreement(values: torch.Tensor, reference: torch.Tensor, tolerance: float) -
 @torch.no_grad()
 def _logits(model, inputs: dict, spec, attn: str):
     use_attention(model, attn)
-    out = model(**inputs, position_ids=positions(inputs["attention_mask"]), compression=spec, output_compression=True)
+    out = model(
+        **inputs,
+        position_ids=positions(inputs["attention_mask"]),
+        compression=spec,
+        use_cache=False,
+        output_compression=True,
+    )
     return out.logits, out.attention_mask.bool()  # (B, Lc, V), (B, Lc): the real positions of those logits
 
 
