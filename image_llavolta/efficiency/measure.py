@@ -10,9 +10,9 @@ A setting is None (the stock model) or a `CompressionSpec`; the model is a compr
   the first), per sequence.
 - Timing rounds: settings run interleaved, round by round, each round in a shuffled order, so that none always
   runs first or right after another; medians over the rounds after the warm-up ones.
-- Peak memory: of one prefill (or any step, `peak_bytes`), above what was allocated before it (weights and inputs excluded). CUDA:
-  `torch.cuda.max_memory_allocated`. CPU: the torch CPU allocator's running total, read from
-  `torch.profiler(profile_memory=True)` allocation events: tensor bytes only, not process RSS.
+- Peak memory: of one prefill (`peak_bytes`: of any step), above what was allocated before it (weights and
+  inputs excluded). CUDA: `torch.cuda.max_memory_allocated`. CPU: the torch CPU allocator's running total, read
+  from `torch.profiler(profile_memory=True)` allocation events: tensor bytes only, not process RSS.
 """
 
 from __future__ import annotations
