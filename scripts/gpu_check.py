@@ -292,7 +292,7 @@ def parity_rows(layout, family, model, profile: Profile, specs: dict, seed: int)
 
 @torch.no_grad()
 def decode_gap(model, inputs: dict, spec, steps: int, tolerance: float) -> dict:
-    """Greedy generate with the (compressed) KV cache vs a forward without cache at every step, real rows only."""
+    """Greedy generate with the (compressed) KV cache vs a forward without cache at every step (left padding)."""
     out = model.generate(
         **inputs,
         compression=spec,
@@ -317,9 +317,8 @@ def decode_gap(model, inputs: dict, spec, steps: int, tolerance: float) -> dict:
             use_cache=False,
             **pixels,
         )
-        real = mask[:, -1].bool()  # right padding: before the first new token a short row ends in padding
-        cached.append(step_logits[real])
-        recomputed.append(full.logits[:, -1][real])
+        cached.append(step_logits)  # (B, V): left padding, so every row's last position is real
+        recomputed.append(full.logits[:, -1])
     return agreement(torch.cat(cached), torch.cat(recomputed), tolerance)
 
 
