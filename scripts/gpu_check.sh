@@ -26,4 +26,8 @@ if has_cuda .venv/bin/python && ! .venv/bin/python -c 'import flash_attn' 2>/dev
     echo "gpu_check.sh: no flash-attn wheel installs here; the check skips its flash_attention_2 rows" >&2
 fi
 
+if command -v nvidia-smi >/dev/null && ! has_cuda .venv/bin/python; then
+  echo "gpu_check.sh: this machine has an NVIDIA driver but .venv's torch has no CUDA (a CPU build installed" \
+    "earlier?): move .venv away to let this script make one over the machine's CUDA torch" >&2
+fi
 exec .venv/bin/python scripts/gpu_check.py "$@"
