@@ -1,5 +1,8 @@
 """An lmms-eval model for LLaVolta checkpoints: lmms-eval's benchmarks on compressed LLaVA-1.5 models.
 
+This module holds the image side (LLaVA-1.5 checkpoints, images); `video_llavolta.lmms_model` extends it to every
+model family and to videos, and is what lmms-eval finds under the name "llavolta".
+
 Install the optional extra and lmms-eval itself without its declared dependencies (their torchvision is a CUDA
 build that breaks transformers on the CPU torch; see the README)::
 
@@ -14,9 +17,8 @@ then (lmms-eval's own tasks fetch their data from the Hugging Face Hub; a local 
     python -m lmms_eval --model llavolta --model_args pretrained=CKPT,compression=2:8 --tasks gqa --batch_size 8
 
 or, from Python, hand an instance to `lmms_eval.evaluator.simple_evaluate(model=Llavolta(pretrained=CKPT), ...)`.
-The model is registered under "llavolta" through the `lmms_eval.models` entry point of pyproject.toml (read by
-lmms-eval 0.7's model registry; `manifest()` is its payload) and through `register_model`, for lmms-eval versions
-that look models up there.
+The name "llavolta" is registered by `video_llavolta.lmms_model` (the `lmms_eval.models` entry point of
+pyproject.toml), whose model takes LLaVA-1.5 checkpoints as this one does.
 
 Model arguments: `pretrained` (a local Hugging Face-format LLaVA checkpoint, loaded strictly by
 `image_llavolta.checkpoint.load_pretrained`), `tokenizer` (default: `pretrained`), `compression` (`from_config`: the
@@ -53,13 +55,11 @@ from .inputs import load_image
 
 try:  # the optional `eval` extra
     from lmms_eval.api.model import lmms as _Base
-    from lmms_eval.api.registry import register_model
 except ImportError:
-    _Base, register_model = object, None
+    _Base = object
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "llavolta"
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
 
 
@@ -114,8 +114,6 @@ class Llavolta(_Base):
             )
         from transformers import AutoTokenizer
 
-        from .checkpoint import load_pretrained
-
         self._rank, self._world_size = 0, 1
         self.task_dict = getattr(self, "task_dict", {})
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,13 +125,31 @@ class Llavolta(_Base):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained)
-        self.model = load_pretrained(pretrained, dtype=getattr(torch, dtype)).to(device).eval()
+        self.model = self.load_model(pretrained, getattr(torch, dtype)).to(device).eval()
         self.template = resolve_template(self.model.config, template)
         self.compression = resolve_compression(self.model, parse_compression_arg(compression))
         self._warned_sampling = False
 
     # -------------------------------------------------------------------------------------------
-    # Inputs
+    # Inputs: the hooks a subclass for other families and media overrides
+
+    def load_model(self, pretrained: str, dtype: torch.dtype) -> torch.nn.Module:
+        """The checkpoint, loaded strictly with the compression spec its config stores."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(pretrained, dtype=dtype)
+
+    def read_visual(self, visual):
+        """A task visual as `encode` takes it (here: an image; videos are refused)."""
+        return _as_image(visual)
+
+    def visual_kind(self, visual) -> str:
+        """What a read visual is ("image" here)."""
+        return "image"
+
+    def batch_key(self, request) -> tuple:
+        """What requests must share to be batched beside their generation length: nothing more here (images only)."""
+        return ()
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
         if doc_to_visual is None:
@@ -141,7 +157,7 @@ class Llavolta(_Base):
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         if visuals is None:
             return []
-        return [_as_image(v) for v in (visuals if isinstance(visuals, (list, tuple)) else [visuals])]
+        return [self.read_visual(v) for v in (visuals if isinstance(visuals, (list, tuple)) else [visuals])]
 
     def encode(self, context: str, visuals: Sequence) -> dict:
         """A model sample for a task's text and visuals: "<image>" placeholders added, template rendered."""
@@ -168,18 +184,19 @@ class Llavolta(_Base):
         from tqdm import tqdm
 
         answers: list[str | None] = [None] * len(requests)
-        groups: dict[int, list[int]] = {}  # max_new_tokens -> request indices (one generation config per batch)
+        # One generation config per batch, and one batch_key (for videos: one kind of media) per batch.
+        groups: dict[tuple, list[int]] = {}  # (max_new_tokens, batch_key) -> request indices
         for i, request in enumerate(requests):
             gen_kwargs = request.args[1] or {}
             self._warn_sampling(gen_kwargs)
-            groups.setdefault(int(gen_kwargs.get("max_new_tokens", 128)), []).append(i)
+            groups.setdefault((int(gen_kwargs.get("max_new_tokens", 128)), self.batch_key(request)), []).append(i)
         with tqdm(total=len(requests), desc="llavolta", disable=self.rank != 0) as bar:
-            for max_new_tokens, indices in groups.items():
+            for (max_new_tokens, _), indices in groups.items():
                 generation = generation_config(self.tokenizer, self.model.config, max_new_tokens)
                 for start in range(0, len(indices), self.batch_size):
                     batch = indices[start : start + self.batch_size]
                     samples = []
-                    for i in batch:
+                    for i in batch:  # visuals read batch by batch: a whole benchmark's images never sit in memory
                         context, _, doc_to_visual, doc_id, task, split = requests[i].args
                         samples.append(self.encode(context, self._visuals(doc_to_visual, doc_id, task, split)))
                     outputs = generate_answers(self.model, self.tokenizer, samples, generation, self.compression)
@@ -208,8 +225,8 @@ class Llavolta(_Base):
                 raise ValueError(f"the continuation {continuation!r} has no tokens")
             ids = torch.tensor([sample["input_ids"] + cont_ids], device=self.model.device)
             inputs = {"input_ids": ids}
-            if "pixel_values" in sample:
-                inputs["pixel_values"] = sample["pixel_values"].to(self.model.device, self.model.dtype)
+            for key in (k for k in sample if k.startswith("pixel_values")):  # images, and videos for Video-LLaVA
+                inputs[key] = sample[key].to(self.model.device, self.model.dtype)
             extra = {"compression": self.compression} if hasattr(self.model, "compression_spec") else {}
             logits = self.model(**inputs, use_cache=False, **extra).logits[0]
             # The continuation is text at the end, so its predicting positions are the last ones even when
@@ -244,14 +261,3 @@ class Llavolta(_Base):
         if sampling and not self._warned_sampling:
             logger.warning("the task asks for %s; llavolta decodes greedily (one beam, no sampling)", asked)
             self._warned_sampling = True
-
-
-def manifest():
-    """The `lmms_eval.models` entry point's payload: "llavolta" -> `Llavolta`."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.Llavolta")
-
-
-if register_model is not None:
-    register_model(MODEL_NAME)(Llavolta)  # the decorator registry, for versions that still consult it

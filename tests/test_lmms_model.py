@@ -208,11 +208,11 @@ def test_lmms_eval_runs_a_local_task(tmp_path, checkpoint, images, reference, mo
     from lmms_eval.models.registry_v2 import ModelRegistryV2
     from lmms_eval.tasks import TaskManager
 
-    from image_llavolta.lmms_model import manifest
+    from video_llavolta.lmms_model import VideoLlavolta, manifest
 
     registry = ModelRegistryV2()
     registry.register_manifest(manifest())
-    assert registry.get_model_class("llavolta") is Llavolta
+    assert registry.get_model_class("llavolta") is VideoLlavolta
 
     answers = [r["text"] for r in reference(None, 4)]
     data = tmp_path / "local.jsonl"

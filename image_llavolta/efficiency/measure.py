@@ -10,9 +10,9 @@ A setting is None (the stock model) or a `CompressionSpec`; the model is a compr
   the first), per sequence.
 - Timing rounds: settings run interleaved, round by round, each round in a shuffled order, so that none always
   runs first or right after another; medians over the rounds after the warm-up ones.
-- Peak memory: of one prefill, above what was allocated before it (weights and inputs excluded). CUDA:
-  `torch.cuda.max_memory_allocated`. CPU: the torch CPU allocator's running total, read from
-  `torch.profiler(profile_memory=True)` allocation events: tensor bytes only, not process RSS.
+- Peak memory: of one prefill (`peak_bytes`: of any step), above what was allocated before it (weights and
+  inputs excluded). CUDA: `torch.cuda.max_memory_allocated`. CPU: the torch CPU allocator's running total, read
+  from `torch.profiler(profile_memory=True)` allocation events: tensor bytes only, not process RSS.
 """
 
 from __future__ import annotations
@@ -146,18 +146,22 @@ def _cpu_peak_bytes(fn) -> int:
     return max(e.extra_fields.total_allocated for e in events) - base
 
 
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak tensor memory on `device` while `fn` runs, above what was allocated before it (see the module note)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return _cpu_peak_bytes(fn)
+
+
 def peak_memory_bytes(model, inputs: dict, spec: Setting) -> int:
     """Peak tensor memory of one prefill above what was allocated before it (see the module note)."""
-    device = next(model.parameters()).device
     with torch.no_grad():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            prefill(model, inputs, spec)
-            torch.cuda.synchronize(device)
-            return torch.cuda.max_memory_allocated(device) - before
-        return _cpu_peak_bytes(lambda: prefill(model, inputs, spec))
+        return peak_bytes(lambda: prefill(model, inputs, spec), next(model.parameters()).device)
 
 
 def memory_method(device: torch.device) -> str:
