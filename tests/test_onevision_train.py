@@ -127,3 +127,21 @@ def test_probe_sweeps_and_profiles_a_checkpoint(synthetic, tmp_path):  # noqa: F
 
 def sweep_first_question(root):
     return json.loads((root / "test_qa.jsonl").read_text().splitlines()[0])["question_id"]
+
+
+def test_lmms_model_answers_a_video_through_the_chat_template(synthetic, tmp_path):  # noqa: F811
+    from video_llavolta.lmms_model import VideoLlavolta
+
+    model = tiny_onevision()
+    model.config.num_frames = 2
+    save_hub_layout(model, tmp_path / "ckpt")
+    lmms = VideoLlavolta(pretrained=str(tmp_path / "ckpt"), device="cpu")
+    video = str(synthetic / "videos" / "test_00000.mp4")
+    sample = lmms.encode("what is in the video ?", [video])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    frames = read_frames(video, num_frames=2).frames
+    expected = encode_video_sample(tokenizer, model.config, video_prompt(tokenizer, "what is in the video ?"), frames)
+    assert sample["input_ids"] == expected["input_ids"]
+    assert torch.equal(sample["pixel_values_videos"], expected["pixel_values_videos"])
+    with pytest.raises(ValueError, match="answers one video per request here, got 2 video"):
+        lmms.encode("what ?", [video, video])
