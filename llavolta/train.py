@@ -2,7 +2,8 @@
 
 The run config's model family (`model.family`, by default its checkpoint's `model_type`; see
 `image_llavolta.train_config`) picks the trainer: `llava` trains as `python -m image_llavolta.train`,
-`video_llava` as `python -m video_llavolta.train`, with the same options.
+`video_llava` as `python -m video_llavolta.train`, `llava_onevision` as `python -m video_llavolta.train_onevision`,
+with the same options.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from image_llavolta.train_config import load_config
 
 __all__ = ["TRAINERS", "add_arguments", "main", "run"]
 
-TRAINERS = {"llava": "image_llavolta.train", "video_llava": "video_llavolta.train"}  # model type -> its trainer
+TRAINERS = {  # model type -> its trainer
+    "llava": "image_llavolta.train",
+    "video_llava": "video_llavolta.train",
+    "llava_onevision": "video_llavolta.train_onevision",
+}
 
 
 def run(args: argparse.Namespace) -> int:

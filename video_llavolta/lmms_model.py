@@ -6,8 +6,9 @@
 
 `image_llavolta.lmms_model.Llavolta` says how to install lmms-eval and what the model arguments are
 (`pretrained`, `tokenizer`, `compression=none|from_config|K:S[:method]`, `batch_size`, `device`, `dtype`,
-`template`); this model takes the same, loads any family's checkpoint (`video_llavolta.families`: LLaVA-1.5 or
-Video-LLaVA), and answers videos as well as images.
+`template`); this model takes the same, loads any family's checkpoint (`video_llavolta.families`: LLaVA-1.5,
+Video-LLaVA, LLaVA-OneVision), and answers videos as well as images (LLaVA-OneVision: one video per request,
+its prompt through the tokenizer's chat template).
 
 A visual that is a video file (`video_llavolta.frames.VIDEO_EXTENSIONS`) or a frame directory (`llavolta
 extract-frames`) is a video, as lmms-eval's video tasks pass them (paths); it is read by the toolkit's frame sampler
@@ -34,6 +35,7 @@ from image_llavolta.lmms_model import Llavolta, _as_image
 from .families import family_for
 from .frames import VIDEO_EXTENSIONS
 from .inputs import encode_sample, read_video
+from .qa_inference import QUESTION_ENCODERS, question_encoder
 
 try:  # the optional `eval` extra
     from lmms_eval.api.registry import register_model
@@ -86,6 +88,15 @@ class VideoLlavolta(Llavolta):
             return super().encode(context, visuals)
         videos = [v for v in visuals if self.visual_kind(v) == "video"]
         images = [v for v in visuals if self.visual_kind(v) == "image"]
+        config = self.model.config
+        if config.model_type in QUESTION_ENCODERS:  # a chat-template family (LLaVA-OneVision): one video per prompt
+            if images or len(videos) != 1:
+                raise ValueError(
+                    f"a {config.model_type} checkpoint answers one video per request here, got {len(videos)} "
+                    f"video(s) and {len(images)} image(s)"
+                )
+            frames = read_video(videos[0], config)
+            return question_encoder(config)(self.tokenizer, config, self.template, context, frames)
         if "<video>" not in context and "<image>" not in context:
             context = "<video>\n" * len(videos) + "<image>\n" * len(images) + context
         text = self.template.render([context])

@@ -59,9 +59,14 @@ from image_llavolta.probe import (
 from .benchmarks import read_qa
 from .configs import frame_tokens, num_frames, short_clip_policy
 from .frames import VideoError, video_source
-from .inputs import encode_sample, read_video
+from .inputs import read_video
 from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions
-from .qa_inference import run_inference
+from .models.llava_onevision import frame_tokens as onevision_frame_tokens
+from .qa_inference import QUESTION_ENCODERS, question_encoder, run_inference
+
+# model type -> visual tokens per video frame, where not Video-LLaVA's (patches + CLS)
+FRAME_TOKENS = {"llava_onevision": onevision_frame_tokens}
+NO_SYSTEM = Template(system="", name="chat template")  # for prompts a tokenizer's chat template writes
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,7 @@ def probe_attention(
 ) -> dict:
     """The attention profile over `records` (QA records); questions whose video fails to load are skipped."""
     template = resolve_template(model.config, template)
+    encode_question, chat = question_encoder(model.config), model.config.model_type in QUESTION_ENCODERS
     samples, used, skipped = [], [], []
     visual = placeholder_ids(model.config)
     pad = next(
@@ -137,9 +143,12 @@ def probe_attention(
                 {"question_id": record["question_id"], "path": source, "reason": f"{type(err).__name__}: {message}"}
             )
             continue
-        prompt = template.render(["<video>\n" + record["question"]])
-        sample = encode_sample(tokenizer, model.config, prompt, videos=[frames])
-        sample["regions"] = prompt_regions(tokenizer, template, prompt, sample["input_ids"], visual)
+        sample = encode_question(tokenizer, model.config, template, "<video>\n" + record["question"], frames)
+        if chat:  # a chat template's prompt has no conversation-template system message to find
+            sample["regions"] = prompt_regions(tokenizer, NO_SYSTEM, "", sample["input_ids"], visual)
+        else:
+            prompt = template.render(["<video>\n" + record["question"]])
+            sample["regions"] = prompt_regions(tokenizer, template, prompt, sample["input_ids"], visual)
         samples.append(sample)
         used.append(record["question_id"])
     if not samples:
@@ -201,7 +210,7 @@ def run_probe(
         evaluate,
         os.path.join(out_dir, "sweep.json"),
         num_layers,
-        [frame_tokens(model.config)] * num_frames(model.config),
+        [FRAME_TOKENS.get(model.config.model_type, frame_tokens)(model.config)] * num_frames(model.config),
         settings={**common, "judge": _judge_id(judge), "max_new_tokens": max_new_tokens},
     )
 
@@ -288,9 +297,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         judge = OfflineJudge("normalized")
-    from .checkpoint import load_pretrained
+    from .families import family_for
 
-    model, tokenizer = load_for_generation(args, load_pretrained, compression=None)
+    model, tokenizer = load_for_generation(
+        args, lambda path, **kw: family_for(path).load_pretrained(path, **kw), compression=None
+    )
     result = run_probe(
         model,
         tokenizer,

@@ -66,6 +66,7 @@ from .benchmarks import DEFAULT_PROMPT, VideoQASpec, load_qa_spec, read_qa
 from .configs import num_frames, short_clip_policy
 from .frames import video_source
 from .inputs import encode_sample, read_video
+from .onevision import encode_video_sample, video_prompt
 
 __all__ = [
     "generate_answers",
@@ -102,6 +103,25 @@ def _settings(
         short_clip=short_clip_policy(model.config),
         prompt=prompt,
     )
+
+
+def _encode_with_template(tokenizer, config, template: Template, question: str, frames) -> dict:
+    """A Video-LLaVA question: the conversation template's user turn around the prompt."""
+    return encode_sample(tokenizer, config, template.render([question]), videos=[frames])
+
+
+def _encode_with_chat_template(tokenizer, config, template: Template, question: str, frames) -> dict:
+    """A LLaVA-OneVision question: the tokenizer's own chat template (the conversation template is unused)."""
+    return encode_video_sample(tokenizer, config, video_prompt(tokenizer, question), frames.frames)
+
+
+# model type -> how its prompt is built and encoded (default: the conversation template's, Video-LLaVA's)
+QUESTION_ENCODERS = {"llava_onevision": _encode_with_chat_template}
+
+
+def question_encoder(config):
+    """`encode(tokenizer, config, template, question, frames)` of a model config's family."""
+    return QUESTION_ENCODERS.get(config.model_type, _encode_with_template)
 
 
 def _prediction(record: dict, pred: str) -> dict:
@@ -159,10 +179,11 @@ def run_inference(
         "transformers": transformers.__version__,
     }
 
+    encode_question = question_encoder(model.config)
+
     def encode(record: dict) -> dict:
         frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
-        text = template.render([prompt.format(question=record["question"])])
-        return encode_sample(tokenizer, model.config, text, videos=[frames])
+        return encode_question(tokenizer, model.config, template, prompt.format(question=record["question"]), frames)
 
     def failure(record: dict, err: BaseException) -> dict:
         return {
@@ -218,9 +239,9 @@ def run(args: argparse.Namespace) -> int:
     """Answer this process's rank's share of the questions (rank from RANK / WORLD_SIZE) and print a summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    from .checkpoint import load_pretrained
+    from .families import family_for
 
-    model, tokenizer = load_for_generation(args, load_pretrained)
+    model, tokenizer = load_for_generation(args, lambda path, **kw: family_for(path).load_pretrained(path, **kw))
     summary = run_inference(
         model,
         tokenizer,

@@ -169,9 +169,17 @@ class CompressedModelMixin(StockModelingMixin):
             visual_tokens = torch.isin(input_ids, torch.tensor(placeholder_ids(self.config), device=input_ids.device))
             if mask is not None:
                 visual_tokens &= mask[:, -input_ids.shape[1] :].bool()  # decode: the mask spans the past too
-            n = visual_tokens.sum(1)
+            n = visual_tokens.sum(1) - self.kept_placeholders(input_ids, out)
             stats = self._stats(spec, n, n)
         return CompressedCausalLMOutput(**out, compression=stats, attention_mask=mask)
+
+    def kept_placeholders(self, input_ids: torch.Tensor, out) -> torch.Tensor | int:
+        """(B,) placeholder tokens of a stock forward's output that compression would keep in place (not visual).
+
+        For families whose placeholder runs hold such tokens (newline embeddings), so that the stock accounting
+        counts the visual tokens the compressed one does; 0 by default.
+        """
+        return 0
 
     def _compressed_forward(
         self,

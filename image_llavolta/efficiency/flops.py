@@ -117,11 +117,12 @@ def analytic_flops(family, model, inputs: dict, stats: CompressionStats, attenti
     """Analytic prefill FLOPs of `inputs` split into vision encoder(s), projector and language model (with LM head).
 
     `family` (`image_llavolta.family.ModelFamily`) counts its vision encoders; their attention is not causal and
-    always counts in full. One projector row per visual placeholder.
+    always counts in full. One projector row per visual placeholder unless the family counts them.
     """
+    rows = stats.tokens_in if family.projector_rows is None else family.projector_rows(model.config, inputs)
     parts = {
         "vision": family.vision_flops(model.config, inputs),
-        "projector": projector_flops(model.config, stats.tokens_in),
+        "projector": projector_flops(model.config, rows),
         "language_model": language_model_flops(model.config, inputs, stats, attention),
     }
     return {**parts, "total": sum(parts.values())}
