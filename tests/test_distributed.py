@@ -78,7 +78,9 @@ def mixed(tmp_path_factory):
     for i in range(8):
         Image.new("RGB", (28 + 4 * i, 28), (30 * i, 200 - 20 * i, 90)).save(root / "images" / f"{i}.png")
         question = " ".join(words[: 2 + i % 5])
-        images.append({"id": f"img-{i}", "image": f"{i}.png", "conversations": turns(f"<image>\n{question} ?", "red .")})
+        images.append(
+            {"id": f"img-{i}", "image": f"{i}.png", "conversations": turns(f"<image>\n{question} ?", "red .")}
+        )
         texts.append({"id": f"txt-{i}", "conversations": turns(" ".join(words[: 1 + i]) + " ?", "yes " * (1 + i % 3))})
     (root / "mixed.json").write_text(json.dumps(videos + images + texts))
     (root / "run.yaml").write_text("model: {family: video_llava}\n")
@@ -206,7 +208,9 @@ def images(tmp_path_factory):
     records = []
     for i in range(5):
         Image.new("RGB", (28, 28 + 3 * i), (40 * i, 90, 200 - 30 * i)).save(root / "images" / f"{i}.png")
-        records.append({"id": f"img-{i}", "image": f"{i}.png", "conversations": turns("<image>\nwhat colour ?", "red .")})
+        records.append(
+            {"id": f"img-{i}", "image": f"{i}.png", "conversations": turns("<image>\nwhat colour ?", "red .")}
+        )
     records.append({"id": "img-missing", "image": "missing.png", "conversations": turns("<image>\nwhat ?", "blue .")})
     records += [{"id": f"txt-{i}", "conversations": turns("is red a colour " * (1 + i), "yes .")} for i in range(4)]
     (root / "train.json").write_text(json.dumps(records))
@@ -227,7 +231,7 @@ def test_zero3_image_epoch_runs_a_stand_in_on_the_rank_whose_batch_failed(images
         "data.max_length=256",
         "data.max_failure_share=0.5",
         "optim.per_device_batch_size=1",
-        f"scheme={json.dumps(SCHEME[1:])}",
+        f"scheme={json.dumps([{'layer': 1, 'stride': 2, 'fraction': 0.5}, {'none': True, 'fraction': 0.5}])}",
         f"deepspeed={REPO}/configs/deepspeed/zero3.json",
         "step_log=true",
         f"collective_timeout={TIMEOUT}",
