@@ -12,7 +12,6 @@ micro-batch to `steps/rank<R>.jsonl` (docs/distributed.md).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 from .checkpoint import load_model, read_config
 from .compression import enable_compression, ratio_over_layers
 from .conversation import record_template
+from .distributed import init_process_group
 from .schedule import Scheme
 from .tables import format_table
 
@@ -271,18 +271,6 @@ def batch_modality(inputs: dict) -> str:
     if "pixel_values_videos" in inputs:
         return "video"
     return "image" if any(k.startswith("pixel_values") for k in inputs) else "text"
-
-
-def init_process_group(timeout_seconds: int) -> None:
-    """Join the launcher's CPU process group (gloo) with the run's collective timeout.
-
-    On CPU, transformers and accelerate start the group without the configured `ddp_timeout` (gloo's default,
-    30 minutes, applies), so it is started here first; on GPUs they pass it on.
-    """
-    dist = torch.distributed
-    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
-        return
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 class _StageClock(TrainerCallback):

@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py train video|image CONFIG.yaml [key=value ...] [--resume auto]
     python tests/dist_worker.py qa [qa_inference options ...]
+    python tests/dist_worker.py hang TIMEOUT_SECONDS
 
 KILL_RANK, KILL_AT: that rank SIGKILLs itself at the end of optimizer step KILL_AT (train) or after writing
 KILL_AT answer batches (qa), as a preempted node dies: no exception, no cleanup. QA_LOG: each rank appends the
@@ -12,10 +13,6 @@ import os
 import signal
 import sys
 
-from transformers import TrainerCallback
-
-from image_llavolta.train_config import load_config
-
 RANK = int(os.environ.get("RANK", 0))
 KILL_AT = int(os.environ["KILL_AT"]) if int(os.environ.get("KILL_RANK", -1)) == RANK else None
 
@@ -24,15 +21,18 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillAt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == KILL_AT:
-            die()
-
-
 def train(family, argv):
+    # imported here: the hang job needs torch alone, and starts in seconds
+    from transformers import TrainerCallback
+
     import image_llavolta.train as image
     import video_llavolta.train as video
+    from image_llavolta.train_config import load_config
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == KILL_AT:
+                die()
 
     resume = None
     if "--resume" in argv:
@@ -69,6 +69,24 @@ def qa(argv):
     return qa_inference.main(argv)
 
 
+def hang(timeout):
+    """Rank 1 never joins the all-reduce (stuck, not dead: its sockets stay open); rank 0 waits in it."""
+    import time
+
+    import torch
+
+    from image_llavolta.distributed import init_process_group
+
+    assert init_process_group(int(timeout))
+    if RANK == 1:
+        time.sleep(3600)
+    started = time.perf_counter()
+    try:
+        torch.distributed.all_reduce(torch.ones(1))
+    finally:
+        print(f"rank {RANK} left the all-reduce after {time.perf_counter() - started:.1f} s", flush=True)
+
+
 if __name__ == "__main__":
     job, *rest = sys.argv[1:]
-    sys.exit(train(rest[0], rest[1:]) if job == "train" else qa(rest))
+    sys.exit({"train": lambda: train(rest[0], rest[1:]), "qa": lambda: qa(rest), "hang": lambda: hang(*rest)}[job]())

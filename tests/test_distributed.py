@@ -190,6 +190,14 @@ def test_a_killed_rank_fails_the_other_and_resume_auto_ends_where_the_straight_r
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stuck_rank_fails_the_others_after_the_collective_timeout():
+    # A stuck peer keeps its connections open, so only the timeout ends the wait: the configured one, not gloo's 30 min
+    rc, log = finish(torchrun("hang", "3"))
+    assert rc != 0
+    assert "Timed out waiting 3000ms" in log, log[-3000:]
+    assert "rank 0 left the all-reduce after" in log
+
+
 def load(out):
     from safetensors.torch import load_file
 
