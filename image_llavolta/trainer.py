@@ -175,6 +175,9 @@ class StagedTrainer(Trainer):
                 kept += stats.tokens_out - stats.tokens_in
             record.update(samples=inputs["input_ids"].shape[0], length=inputs["input_ids"].shape[1], compressed=kept)
         record["stand_in"] = stand_in
+        self._append_step_log(record)
+
+    def _append_step_log(self, record: dict) -> None:
         path = os.path.join(self.args.output_dir, "steps", f"rank{self.args.process_index}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as out:
@@ -189,18 +192,9 @@ class StagedTrainer(Trainer):
         for name, param in sorted((n, p) for n, p in named if p.requires_grad):
             # Under ZeRO-3 a rank holds only its partition: the digest is of that partition.
             digest.update(name.encode() + param.detach().float().cpu().contiguous().numpy().tobytes())
-        path = os.path.join(self.args.output_dir, "steps", f"rank{self.args.process_index}.jsonl")
-        with open(path, "a") as out:
-            out.write(
-                json.dumps(
-                    {
-                        "rank": self.args.process_index,
-                        "end": self.state.global_step,
-                        "parameters_sha256": digest.hexdigest(),
-                    }
-                )
-                + "\n"
-            )
+        self._append_step_log(
+            {"rank": self.args.process_index, "end": self.state.global_step, "parameters_sha256": digest.hexdigest()}
+        )
 
     def _record_failures(self, failed: list) -> None:
         self.samples_seen += len(failed)
@@ -245,7 +239,7 @@ class StagedTrainer(Trainer):
 
     def report(self, total_seconds: float) -> dict:
         """Per-stage and whole-run summary (summed over ranks)."""
-        tallies = _sum_over_ranks(self.tallies)
+        tallies = _sum_over_ranks(self.tallies, self.args.device)
         # #Tokens summed over the stage's samples: the work compression saves, which machine load cannot change
         rows = [
             {**t.as_row(s.label(), self.num_layers), "visual_tokens_over_layers": t.tokens_over_layers}
@@ -261,7 +255,7 @@ class StagedTrainer(Trainer):
             "visual_tokens_over_layers": run.tokens_over_layers,
             "average_compression_ratio": round(run._ratio(self.num_layers), 4),
             "samples": run.samples,
-            "failed_samples": _total_over_ranks(len(self.failures)),
+            "failed_samples": _total_over_ranks(len(self.failures), self.args.device),
             "stage_by_step": {str(k): v for k, v in sorted(self.stage_log.items())},  # steps run by this process
         }
 
@@ -317,13 +311,13 @@ class _EpochDataLoader(torch.utils.data.DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
-def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
-    """Element-wise sums across ranks (times: the slowest rank)."""
+def _sum_over_ranks(tallies: list[StageTally], device) -> list[StageTally]:
+    """Element-wise sums across ranks (times: the slowest rank); on `device`, since NCCL reduces no CPU tensor."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return tallies
     keys = [k for k in StageTally.__dataclass_fields__ if k not in ("steps", "seconds")]
-    sums = torch.tensor([[float(getattr(t, k)) for k in keys] for t in tallies], dtype=torch.float64)
-    times = torch.tensor([t.seconds for t in tallies], dtype=torch.float64)
+    sums = torch.tensor([[float(getattr(t, k)) for k in keys] for t in tallies], dtype=torch.float64, device=device)
+    times = torch.tensor([t.seconds for t in tallies], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(sums)
     torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
     out = []
@@ -333,11 +327,11 @@ def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
     return out
 
 
-def _total_over_ranks(count: int) -> int:
-    """`count` summed over ranks."""
+def _total_over_ranks(count: int, device) -> int:
+    """`count` summed over ranks (on `device`, as `_sum_over_ranks`)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return count
-    total = torch.tensor([count], dtype=torch.int64)
+    total = torch.tensor([count], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(total)
     return int(total)
 
