@@ -3,8 +3,9 @@
 Image and text-only records (LLaVA-1.5 format, see `image_llavolta.data`). Launch on several GPUs or nodes with
 `deepspeed` or `torchrun`; a single CPU process works for tests. Unlike video runs, image runs may use DeepSpeed
 ZeRO-3: every global batch holds one modality, so in a step all ranks run the vision tower or all skip it, and
-a short batch is cycled so no rank is left without a sample. (A micro-batch whose samples all fail to load stops a
-ZeRO-3 run with an error, since that rank cannot take part in the step's parameter gathers.)
+a short batch is cycled so no rank is left without a sample. (A micro-batch whose samples all fail to load runs,
+under ZeRO-3, a stand-in sample of its modality weighted zero, since the other ranks' parameter gathers wait for
+its forward.)
 
 The pieces shared with `video_llavolta.train` (tokenizer, dataset options, the training call, the options, the
 family check) live here.

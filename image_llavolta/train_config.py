@@ -120,6 +120,10 @@ class TrainConfig:
     save_total_limit: int | None = 2
     template: str = "vicuna_v1"
     report_name: str = "train_report"
+    # Seconds a rank waits in a collective (all-reduce, all-gather) before failing: a dead or stuck peer turns a
+    # hang into an error on the ranks left (docs/distributed.md).
+    collective_timeout: int = 1800
+    step_log: bool = False  # each rank appends one line per micro-batch to output_dir/steps/rank<R>.jsonl
 
     def validate(self):
         """Check every field; raises ValueError naming the field."""
@@ -129,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for section in (self.model, self.data, self.optim):
             section.validate()
+        if self.collective_timeout < 1:
+            raise ValueError(f"collective_timeout must be >= 1 second, got {self.collective_timeout}")
         self.scheme_obj()
         self.deepspeed_config()
         return self

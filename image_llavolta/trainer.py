@@ -3,12 +3,16 @@
 The spec is passed to the model's forward per call (never set on the model between steps); the stage comes from
 `state.global_step`, so gradient accumulation, the number of ranks and resuming do not move stage boundaries.
 Samples that fail to load are logged (id, path, reason) to `failures.jsonl`, counted, and stop the run above
-`max_failure_share`; they are never replaced by other samples.
+`max_failure_share`; they are never replaced by other samples. A micro-batch whose samples all failed still runs
+a forward under ZeRO-3 (on a stand-in sample of the same modality, weighted zero), since the other ranks' parameter
+gathers wait for it; without ZeRO-3 it contributes a zero loss. With `step_log`, each rank appends one line per
+micro-batch to `steps/rank<R>.jsonl` (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -20,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 from .checkpoint import load_model, read_config
 from .compression import enable_compression, ratio_over_layers
 from .conversation import record_template
+from .distributed import init_process_group
 from .schedule import Scheme
 from .tables import format_table
 
@@ -70,10 +75,13 @@ class StagedTrainer(Trainer):
         max_failure_share: float = 0.01,
         sampler_factory=None,
         zero_stage: int = 0,
+        step_log: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.zero_stage = zero_stage
+        self.step_log = step_log
+        self._stand_ins: dict[str, dict] = {}  # modality -> a collated batch of one loadable sample
         self.scheme = scheme
         self.num_layers = num_layers
         self.max_failure_share = max_failure_share
@@ -106,17 +114,21 @@ class StagedTrainer(Trainer):
         stage = self.current_stage()
         tally = self.tallies[stage]
         self._record_failures(failed)
-        if "input_ids" not in inputs:  # every sample of this micro-batch failed: a zero loss keeps ranks in step
-            if self.zero_stage == 3:  # ...except under ZeRO-3, where the other ranks' parameter gathers would hang
-                raise FailureLimitExceeded(
-                    f"every sample of a micro-batch failed to load at step "
-                    f"{self.state.global_step}; under ZeRO-3 this rank cannot skip the forward"
-                )
+        if "input_ids" not in inputs and self.zero_stage != 3:  # all failed: a zero loss keeps ranks in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            self._log_step(stage, None, None, zero)
             return (zero, None) if return_outputs else zero
+        self.stage_log[self.state.global_step] = self.scheme.stages[stage].label()
+        if "input_ids" not in inputs:
+            # Under ZeRO-3 the other ranks' parameter gathers wait for this rank's forward: run the same modules
+            # on a sample of the batch's modality, weighted zero (mean loss: this rank may count no label at all).
+            stand_in = {**self._stand_in(failed), "compression": self.scheme.stages[stage].spec}
+            loss, outputs = super().compute_loss(model, stand_in, True, None)
+            loss = loss * 0.0
+            self._log_step(stage, stand_in, outputs.compression, loss, stand_in=True)
+            return (loss, outputs) if return_outputs else loss
         inputs["compression"] = self.scheme.stages[stage].spec
         inputs["output_compression"] = True  # the accounting of uncompressed stages too
-        self.stage_log[self.state.global_step] = self.scheme.stages[stage].label()
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         tally.samples += inputs["input_ids"].shape[0]
         tally.loss_sum += float(outputs.loss.detach())
@@ -126,7 +138,63 @@ class StagedTrainer(Trainer):
             tally.visual_in += stats.tokens_in
             tally.visual_out += stats.tokens_out
             tally.tokens_over_layers += stats.tokens_over_layers
+        self._log_step(stage, inputs, stats, outputs.loss)
         return (loss, outputs) if return_outputs else loss
+
+    def _stand_in(self, failed: list) -> dict:
+        """A batch of one loadable sample of the failed samples' modality (the global batch's), on the device."""
+        dataset = self.train_dataset
+        ids = {str(f["id"] if isinstance(f, dict) else f.id) for f in failed}
+        modality = dataset.modality(next(i for i, r in enumerate(dataset.records) if str(r["id"]) in ids))
+        if modality not in self._stand_ins:
+            for i in range(len(dataset)):
+                sample = dataset[i] if dataset.modality(i) == modality else None
+                if isinstance(sample, dict):
+                    batch = self.data_collator([sample])
+                    batch.pop("failures", None)
+                    self._stand_ins[modality] = batch
+                    break
+            else:
+                raise FailureLimitExceeded(f"no {modality} sample of the data set loads: nothing to stand in for")
+        return {**self._prepare_inputs(dict(self._stand_ins[modality])), "output_compression": True}
+
+    def _log_step(self, stage: int, inputs: dict | None, stats, loss, stand_in: bool = False) -> None:
+        """One line per micro-batch in this rank's `steps/rank<R>.jsonl` (with `step_log`)."""
+        if not self.step_log:
+            return
+        record = {
+            "rank": self.args.process_index,
+            "step": self.state.global_step,  # the optimizer step this micro-batch belongs to
+            "stage": self.scheme.stages[stage].label(),
+            "modality": batch_modality(inputs) if inputs is not None else None,  # None: every sample failed
+            "loss": float(loss.detach()),
+        }
+        if inputs is not None:
+            kept = int(inputs["attention_mask"].sum())
+            if stats is not None:  # text tokens plus the visual tokens left after compression (deepest layer)
+                kept += stats.tokens_out - stats.tokens_in
+            record.update(samples=inputs["input_ids"].shape[0], length=inputs["input_ids"].shape[1], compressed=kept)
+        record["stand_in"] = stand_in
+        self._append_step_log(record)
+
+    def _append_step_log(self, record: dict) -> None:
+        path = os.path.join(self.args.output_dir, "steps", f"rank{self.args.process_index}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def log_parameters(self) -> None:
+        """Append a digest of this rank's trainable parameters to its step log (replicated ones match across ranks)."""
+        if not self.step_log:
+            return
+        digest = hashlib.sha256()
+        named = self.accelerator.unwrap_model(self.model).named_parameters()
+        for name, param in sorted((n, p) for n, p in named if p.requires_grad):
+            # Under ZeRO-3 a rank holds only its partition: the digest is of that partition.
+            digest.update(name.encode() + param.detach().float().cpu().contiguous().numpy().tobytes())
+        self._append_step_log(
+            {"rank": self.args.process_index, "end": self.state.global_step, "parameters_sha256": digest.hexdigest()}
+        )
 
     def _record_failures(self, failed: list) -> None:
         self.samples_seen += len(failed)
@@ -171,7 +239,7 @@ class StagedTrainer(Trainer):
 
     def report(self, total_seconds: float) -> dict:
         """Per-stage and whole-run summary (summed over ranks)."""
-        tallies = _sum_over_ranks(self.tallies)
+        tallies = _sum_over_ranks(self.tallies, self.args.device)
         # #Tokens summed over the stage's samples: the work compression saves, which machine load cannot change
         rows = [
             {**t.as_row(s.label(), self.num_layers), "visual_tokens_over_layers": t.tokens_over_layers}
@@ -187,9 +255,16 @@ class StagedTrainer(Trainer):
             "visual_tokens_over_layers": run.tokens_over_layers,
             "average_compression_ratio": round(run._ratio(self.num_layers), 4),
             "samples": run.samples,
-            "failed_samples": len(self.failures),
+            "failed_samples": _total_over_ranks(len(self.failures), self.args.device),
             "stage_by_step": {str(k): v for k, v in sorted(self.stage_log.items())},  # steps run by this process
         }
+
+
+def batch_modality(inputs: dict) -> str:
+    """A collated batch's modality, from the pixel tensors it carries."""
+    if "pixel_values_videos" in inputs:
+        return "video"
+    return "image" if any(k.startswith("pixel_values") for k in inputs) else "text"
 
 
 class _StageClock(TrainerCallback):
@@ -236,13 +311,13 @@ class _EpochDataLoader(torch.utils.data.DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
-def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
-    """Element-wise sums across ranks (times: the slowest rank)."""
+def _sum_over_ranks(tallies: list[StageTally], device) -> list[StageTally]:
+    """Element-wise sums across ranks (times: the slowest rank); on `device`, since NCCL reduces no CPU tensor."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return tallies
     keys = [k for k in StageTally.__dataclass_fields__ if k not in ("steps", "seconds")]
-    sums = torch.tensor([[float(getattr(t, k)) for k in keys] for t in tallies], dtype=torch.float64)
-    times = torch.tensor([t.seconds for t in tallies], dtype=torch.float64)
+    sums = torch.tensor([[float(getattr(t, k)) for k in keys] for t in tallies], dtype=torch.float64, device=device)
+    times = torch.tensor([t.seconds for t in tallies], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(sums)
     torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
     out = []
@@ -250,6 +325,15 @@ def _sum_over_ranks(tallies: list[StageTally]) -> list[StageTally]:
         values = {k: (v if k == "loss_sum" else int(v)) for k, v in zip(keys, row)}
         out.append(StageTally(steps=t.steps, seconds=sec, **values))
     return out
+
+
+def _total_over_ranks(count: int, device) -> int:
+    """`count` summed over ranks (on `device`, as `_sum_over_ranks`)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total)
 
 
 def print_report(report: dict) -> None:
@@ -349,6 +433,7 @@ def run_training(
         model = add_lora(model, config.lora)
         trainable = {"lora_and_projector": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     os.makedirs(config.output_dir, exist_ok=True)
+    init_process_group(config.collective_timeout)
     o = config.optim
     args = TrainingArguments(
         output_dir=config.output_dir,
@@ -373,6 +458,7 @@ def run_training(
         remove_unused_columns=False,
         dataloader_num_workers=config.data.num_workers,
         use_cpu=not torch.cuda.is_available(),
+        ddp_timeout=config.collective_timeout,
     )
     trainer = StagedTrainer(
         model=model,
@@ -386,10 +472,12 @@ def run_training(
         sampler_factory=sampler_factory,
         callbacks=list(callbacks),
         zero_stage=config.zero_stage(),
+        step_log=config.step_log,
     )
     if resume == "auto":
         resume = get_last_checkpoint(config.output_dir)
     trainer.train(resume_from_checkpoint=resume)
+    trainer.log_parameters()
     if config.lora.r:  # save a merged model: it loads like any other checkpoint, no peft needed downstream
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         enable_compression(merged, scheme.final_spec)

@@ -33,3 +33,12 @@ def llavolta(*args, **kwargs) -> subprocess.CompletedProcess:
     script = shutil.which("llavolta", path=os.path.dirname(sys.executable))
     assert script, "no llavolta console script beside the interpreter: reinstall the package (pip install -e .)"
     return subprocess.run([script, *map(str, args)], cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
