@@ -14,7 +14,9 @@ command lines, measurements and tests need around it. Its fields:
 - `vision_flops(config, inputs)`: analytic FLOPs of the vision encoder(s) on those inputs' pixels, counted as
   `image_llavolta.efficiency.flops` counts (the efficiency report adds projector and decoder);
 - `image_size`: the real model's input size in pixels, the default of tiny models, so that they get the real
-  number of visual tokens per image or frame.
+  number of visual tokens per image or frame;
+- `projector_flops(config, tokens)`: the projector's analytic FLOPs, for families whose projector is not
+  LLaVA's 2-layer MLP (None: that one).
 
 A new family is one more `ModelFamily` value, in the package of its adapter, and one more entry in
 `video_llavolta.families.FAMILIES`, which lists every family; `LLAVA` is the base package's own.
@@ -49,6 +51,8 @@ class ModelFamily:
     vision_flops: Callable[[PretrainedConfig, Mapping], int]
     image_size: int
     tiny_options: tuple[str, ...] = ()
+    # analytic FLOPs of the projector on `tokens` visual tokens; None: LLaVA's 2-layer MLP
+    projector_flops: Callable[[PretrainedConfig, int], int] | None = None
 
 
 def family_named(model_type: str, families: Mapping[str, ModelFamily], where: str) -> ModelFamily:

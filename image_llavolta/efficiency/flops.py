@@ -121,7 +121,7 @@ def analytic_flops(family, model, inputs: dict, stats: CompressionStats, attenti
     """
     parts = {
         "vision": family.vision_flops(model.config, inputs),
-        "projector": projector_flops(model.config, stats.tokens_in),
+        "projector": (family.projector_flops or projector_flops)(model.config, stats.tokens_in),
         "language_model": language_model_flops(model.config, inputs, stats, attention),
     }
     return {**parts, "total": sum(parts.values())}
