@@ -278,26 +278,22 @@ def tiny_config(
 ) -> PretrainedConfig:
     """A tiny Qwen2-VL / Qwen2.5-VL config for tests and measurements: 2-px patches, a 2-block tower, and the
     real model's merge (2x2) and temporal patch (2 frames); placeholder and vision start/end ids at the vocab's end."""
-    heads = 4
     text = dict(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=heads,
+        num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        # M-RoPE splits the head's rotary frequencies over (t, h, w) as the 7B models do (16, 24, 24 of 64)
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": _mrope_section(hidden // heads),
-        },
-        **text_overrides,
     )
+    text.update(text_overrides)
+    # M-RoPE splits the head's rotary frequencies over (t, h, w) as the 7B models do (16, 24, 24 of 64)
+    section = _mrope_section(hidden // text["num_attention_heads"])
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
     ids = dict(
         image_token_id=vocab - 4,
         video_token_id=vocab - 3,
