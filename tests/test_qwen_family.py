@@ -165,3 +165,19 @@ def test_tower_flops_count_every_linear_layer(family):
     stats = enable_compression(model, CompressionSpec(1, 2))(**inputs).compression
     parts = analytic_flops(fam, model, inputs, stats)
     assert parts["projector"] == 0 and parts["vision"] == vision_flops(model.config, inputs)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@torch.no_grad()
+def test_tiny_model_and_synthetic_inputs(family):
+    fam = FAMILIES[family]
+    model = fam.tiny_model(2, 16, 28, 7, seed=0)  # 28 px frames of 7 px patches: 4 x 4 patches, 4 tokens each
+    assert model.config.text_config.num_hidden_layers == 2 and model.compression_spec is None
+    inputs = fam.synthetic_inputs(model.config, batch=2, text_tokens=7, seed=3, frames=3)
+    ids, config = inputs["input_ids"], model.config
+    assert inputs["video_grid_thw"].tolist() == [[2, 4, 4]] * 2  # 3 frames fill 2 temporal patches
+    assert ids.shape == (2, 7 + 8 + 2) and (ids[:, 4:12] == config.video_token_id).all()
+    assert (ids[:, 3] == config.vision_start_token_id).all() and (ids[:, 12] == config.vision_end_token_id).all()
+    assert inputs["pixel_values_videos"].shape == (2 * 2 * 16, 3 * 2 * 7 * 7)
+    out = model.stock_class.forward(model, **inputs)  # the stock class takes them as they are
+    assert out.logits.shape == (2, 17, config.text_config.vocab_size)

@@ -235,3 +235,17 @@ def test_bad_inputs_are_clear_errors():
     )
     with pytest.raises(ValueError, match="no compression adapter is registered for Qwen3VLForConditionalGeneration"):
         enable_compression(other, CompressionSpec(1, 2))
+
+
+@torch.no_grad()
+def test_assisted_decoding_crops_keep_the_positions():
+    # Prompt-lookup decoding crops the cache into decoded tokens and back; the rope deltas must survive the crops.
+    model = enable_compression(tiny_qwen("qwen2_5_vl"), CompressionSpec(1, 2))
+    ids, images, videos = sample(model.config, 3, ("video", 2, 4, 6), 4, seed=9)
+    ids = ids + ids[-4:] + ids[-4:]  # repeated n-grams: lookup proposes, then rejects
+    batch, _ = batch_inputs([(ids, images, videos)], "left")
+    batch["mm_token_type_ids"] = type_ids(model.config, batch["input_ids"])
+    special = list(range(TEXT_VOCAB, model.config.text_config.vocab_size))
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, suppress_tokens=special)
+    greedy = model.generate(**batch, **kw)
+    assert torch.equal(model.generate(**batch, prompt_lookup_num_tokens=3, **kw), greedy)

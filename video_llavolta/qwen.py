@@ -137,6 +137,8 @@ def _tiny(model_type: str):
     def tiny(layers: int, hidden: int, image_size: int, patch_size: int, seed: int = 0):
         config = tiny_config(model_type, layers=layers, hidden=hidden)
         config.vision_config.patch_size = patch_size
+        if hasattr(config.vision_config, "window_size"):  # Qwen2.5-VL: windows of 2x2 merged patches
+            config.vision_config.window_size = 4 * patch_size
         setattr(config, FRAME_SIZE_KEY, image_size)
         return build_model(config, seed=seed)
 
@@ -153,15 +155,14 @@ def _grid(config, frames: int) -> list[int]:
 
 
 def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0, frames: int = DEFAULT_FRAMES) -> dict:
-    """Text, vision start, one video of `frames` frames, vision end, text per sample."""
+    """Text, vision start, one video of `frames` frames, vision end, text per sample (text_tokens + visual + 2)."""
     g = torch.Generator().manual_seed(seed)
     grid = _grid(config, frames)
     merge = config.vision_config.spatial_merge_size
     visual = grid[0] * grid[1] * grid[2] // merge**2
-    ids = synthetic_ids(config, batch, text_tokens, config.video_token_id, visual, g)
-    before = text_tokens // 2
-    ids[:, before - 1] = config.vision_start_token_id  # the block sits between its start and end tokens
-    ids[:, before + visual] = config.vision_end_token_id
+    ids = synthetic_ids(config, batch, text_tokens, config.video_token_id, visual + 2, g)
+    before = text_tokens // 2  # the block: vision start, the video's placeholders, vision end
+    ids[:, before], ids[:, before + visual + 1] = config.vision_start_token_id, config.vision_end_token_id
     vision = config.vision_config
     row = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     return {
