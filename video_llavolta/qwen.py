@@ -31,7 +31,8 @@ from .models.qwen_vl import ADAPTER_OF_TYPE, build_model, tiny_config, token_typ
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, the Qwen processors' defaults
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FRAME_SIZE_KEY = "llavolta_frame_size"  # config field of tiny models: frame side in pixels for synthetic inputs
+FRAME_SIZE_KEY = "llavolta_frame_size"  # config fields of tiny models: frame side in pixels, and frames per video,
+FRAMES_KEY = "num_frames"  # of their synthetic inputs
 DEFAULT_FRAMES = 8
 
 
@@ -134,8 +135,11 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def _tiny(model_type: str):
-    def tiny(layers: int, hidden: int, image_size: int, patch_size: int, seed: int = 0):
+    def tiny(
+        layers: int, hidden: int, image_size: int, patch_size: int, seed: int = 0, num_frames: int = DEFAULT_FRAMES
+    ):
         config = tiny_config(model_type, layers=layers, hidden=hidden)
+        setattr(config, FRAMES_KEY, num_frames)
         config.vision_config.patch_size = patch_size
         if hasattr(config.vision_config, "window_size"):  # Qwen2.5-VL: windows of 2x2 merged patches
             config.vision_config.window_size = 4 * patch_size
@@ -154,9 +158,11 @@ def _grid(config, frames: int) -> list[int]:
     return [-(-frames // vision.temporal_patch_size), patches, patches]
 
 
-def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0, frames: int = DEFAULT_FRAMES) -> dict:
-    """Text, vision start, one video of `frames` frames, vision end, text per sample (text_tokens + visual + 2)."""
+def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0, frames: int | None = None) -> dict:
+    """Text, vision start, one video of `frames` frames (default: the config's), vision end, text per sample
+    (text_tokens + visual + 2 ids)."""
     g = torch.Generator().manual_seed(seed)
+    frames = frames or getattr(config, FRAMES_KEY, None) or DEFAULT_FRAMES
     grid = _grid(config, frames)
     merge = config.vision_config.spatial_merge_size
     visual = grid[0] * grid[1] * grid[2] // merge**2
@@ -222,6 +228,7 @@ def _family(name: str, model_type: str) -> ModelFamily:
         vision_flops=vision_flops,
         image_size=448,  # 7B video setting used here: 448 px frames, 32x32 patches, 256 tokens per temporal patch
         projector_flops=lambda config, tokens: 0,  # the 2x2 merger is part of the tower, counted there
+        tiny_options=("num_frames",),
     )
 
 
