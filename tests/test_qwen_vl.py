@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from qwen_models import batch_inputs, reference_logits, sample, segments_of, tiny_qwen, type_ids
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from image_llavolta.compression import CompressionSpec, enable_compression, pooled_length
 from image_llavolta.compression.cache import CompressedCache
@@ -202,6 +203,10 @@ def test_bad_inputs_are_clear_errors():
     wrong = dict(batch, image_grid_thw=torch.tensor([[1, 4, 4]]))
     with pytest.raises(ValueError, match="sample 0: image 0 has 6 placeholder tokens .* gives 1·4·4/4 = 4"):
         model(**wrong)
+    encoded = {k: v for k, v in batch.items() if k != "pixel_values"}
+    encoded["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=(torch.zeros(5, 64),))}
+    with pytest.raises(ValueError, match="image features hold 5 tokens for 6 image placeholders"):
+        model(**encoded)
     with pytest.raises(ValueError, match="1 runs of video placeholder tokens .* video_grid_thw has 2 rows"):
         model(**dict(batch, video_grid_thw=torch.tensor([[2, 4, 4], [2, 4, 4]])))
     with pytest.raises(ValueError, match=r"position_ids of shape \(2, \d+\) .* M-RoPE positions"):

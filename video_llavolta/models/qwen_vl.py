@@ -239,6 +239,10 @@ class QwenVLCompressedMixin(CompressedModelMixin):
                 out = encode(pixels, grid, return_dict=True)
             features = torch.cat(list(out.pooler_output)).to(embeds.device, embeds.dtype)  # (tokens, D)
             mask = (input_ids == token_id)[..., None]  # (B, L, 1)
+            if features.shape[0] != int(mask.sum()):
+                raise ValueError(
+                    f"{kind} features hold {features.shape[0]} tokens for {int(mask.sum())} {kind} placeholders"
+                )
             embeds = embeds.masked_scatter(mask, features)
             offset = int(segment_index.max()) + 1
             segment_index = torch.where(index >= 0, index + offset, segment_index)
