@@ -1,5 +1,7 @@
 """The Qwen2-VL / Qwen2.5-VL families: checkpoints in the Qwen2.5-VL-7B-Instruct layout, frames, prompts, FLOPs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,22 @@ def test_tiny_model_and_synthetic_inputs(family):
     assert inputs["pixel_values_videos"].shape == (2 * 2 * 16, 3 * 2 * 7 * 7)
     out = model.stock_class.forward(model, **inputs)  # the stock class takes them as they are
     assert out.logits.shape == (2, 17, config.text_config.vocab_size)
+
+
+@torch.no_grad()
+def test_qa_inference_batched_equals_one_at_a_time(checkpoint, tmp_path):
+    from data_prep.synthetic import make_synthetic
+    from video_llavolta.qa_inference import run_inference
+
+    path, _ = checkpoint
+    make_synthetic(tmp_path / "data", num_train=0, num_test=2, progress=False)
+    model, tokenizer = load_pretrained(path).eval(), load_tokenizer(path)
+    qa, videos = tmp_path / "data" / "test_qa.jsonl", tmp_path / "data" / "videos"
+    preds = {}
+    for batch_size in (1, 3):  # 3: left-padded batches of different prompt lengths
+        out = tmp_path / f"preds{batch_size}.jsonl"
+        run_inference(model, tokenizer, qa, out, videos, batch_size=batch_size, max_new_tokens=3)
+        preds[batch_size] = {r["question_id"]: r["pred"] for r in map(json.loads, out.read_text().splitlines())}
+    assert len(preds[1]) >= 4 and preds[1] == preds[3]
+    settings = json.loads((tmp_path / "preds1.settings.json").read_text())
+    assert settings["settings"]["compression"] == CompressionSpec(1, 2).to_dict()  # the checkpoint's spec answered

@@ -66,6 +66,11 @@ from .benchmarks import DEFAULT_PROMPT, VideoQASpec, load_qa_spec, read_qa
 from .configs import num_frames, short_clip_policy
 from .frames import video_source
 from .inputs import encode_sample, read_video
+from .qwen import qa_sample
+
+# model type -> (tokenizer, model, prompt text, frames) -> sample, for families whose prompts go through the
+# tokenizer's chat template (the `template` setting is then unused) and whose frames are their own patches
+QA_SAMPLES = {"qwen2_vl": qa_sample, "qwen2_5_vl": qa_sample}
 
 __all__ = [
     "generate_answers",
@@ -159,8 +164,12 @@ def run_inference(
         "transformers": transformers.__version__,
     }
 
+    own_prompt = QA_SAMPLES.get(model.config.model_type)  # families that prompt through their chat template
+
     def encode(record: dict) -> dict:
         frames = read_video(video_source(record["video"], video_root, frames_root), model.config)
+        if own_prompt is not None:
+            return own_prompt(tokenizer, model, prompt.format(question=record["question"]), frames.frames)
         text = template.render([prompt.format(question=record["question"])])
         return encode_sample(tokenizer, model.config, text, videos=[frames])
 

@@ -114,6 +114,17 @@ def video_inputs(tokenizer, config, question: str, frames: np.ndarray, settings:
     }
 
 
+def qa_sample(tokenizer, model, text: str, frames: np.ndarray) -> dict:
+    """One QA sample (unbatched ids) for `image_llavolta.inputs.collate`: the prompt without its `<video>`
+    tag (the chat template puts the video first), the checkpoint's patch settings (defaults without a file)."""
+    path = getattr(model.config, "_name_or_path", "")
+    has_file = bool(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))
+    settings = PatchSettings.from_dir(path) if has_file else PatchSettings()
+    question = text.replace("<video>", "").strip()
+    inputs = video_inputs(tokenizer, model.config, question, frames, settings)
+    return {**inputs, "input_ids": inputs["input_ids"][0], "mm_token_type_ids": inputs["mm_token_type_ids"][0]}
+
+
 def load_pretrained(path: str | os.PathLike, compression: SpecArgument = FROM_CONFIG, **kwargs):
     """A local Qwen2-VL / Qwen2.5-VL directory, loaded strictly, compressed per `compression` (FROM_CONFIG: its own)."""
     config = read_config(path)
