@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from qwen_models import batch_inputs, reference_logits, sample, segments_of, tiny_qwen, type_ids
+from qwen_models import STOCK, batch_inputs, reference_logits, sample, segments_of, tiny_qwen, type_ids
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from image_llavolta.compression import CompressionSpec, enable_compression, pooled_length
@@ -156,6 +156,20 @@ def test_generate_matches_recomputed_greedy_decoding(family):
     del batch["mm_token_type_ids"]  # generate() then makes 1-D positions, which the compressed prefill refuses
     with pytest.raises(ValueError, match="generate\\(\\) made 1-D positions for the visual tokens"):
         model.generate(**batch, max_new_tokens=1, pad_token_id=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_noop_generate_equals_stock_generate(family):
+    stock = tiny_qwen(family)
+    batch, _ = batch_inputs(mixed_samples(stock.config), "left")
+    batch["mm_token_type_ids"] = type_ids(stock.config, batch["input_ids"])
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    plain = STOCK[family]._from_config(stock.config, attn_implementation="sdpa").eval()  # transformers' own class
+    plain.load_state_dict(stock.state_dict())
+    expected = plain.generate(**batch, **kw)
+    model = enable_compression(stock, CompressionSpec(4, 2))
+    assert torch.equal(model.generate(**batch, **kw), expected)
 
 
 @pytest.mark.parametrize("method", ["random", "kmeans", "fastv"])
