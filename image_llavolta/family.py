@@ -15,6 +15,8 @@ command lines, measurements and tests need around it. Its fields:
   `image_llavolta.efficiency.flops` counts (the efficiency report adds projector and decoder);
 - `image_size`: the real model's input size in pixels, the default of tiny models, so that they get the real
   number of visual tokens per image or frame;
+- `projector_flops(config, tokens)`: the projector's analytic FLOPs, for families whose projector is not
+  LLaVA's 2-layer MLP (None: that one).
 - `projector_rows(config, inputs)`: the rows the projector runs on, where that is not one per visual placeholder
   (a family that pools features after projecting them); None: one per placeholder.
 
@@ -51,6 +53,8 @@ class ModelFamily:
     vision_flops: Callable[[PretrainedConfig, Mapping], int]
     image_size: int
     tiny_options: tuple[str, ...] = ()
+    # analytic FLOPs of the projector on `tokens` visual tokens; None: LLaVA's 2-layer MLP
+    projector_flops: Callable[[PretrainedConfig, int], int] | None = None
     projector_rows: Callable[[PretrainedConfig, Mapping], int] | None = None
 
 

@@ -10,6 +10,12 @@ from dataclasses import dataclass, replace
 
 from .compression import CompressionSpec, spec_label
 
+# The depth the paper's K are set for (Table 1, 32-layer Vicuna-7B). Another decoder takes each stage at the same
+# relative depth, K' = max(1, round(K * N / 32)) (`Scheme.for_depth`): on the 28-layer Qwen2-7B decoder of
+# Qwen2-VL-7B / Qwen2.5-VL-7B and LLaVA-OneVision-7B, K=2 -> 2 and K=16 -> 14; on a 4-layer tiny model 1 and 2.
+# Relative depth, not the same K, because what a stage trades is the share of layers that see every visual token.
+SCHEME_REFERENCE_LAYERS = 32
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -93,11 +99,11 @@ class Scheme:
         """The compression spec for optimizer step `step`."""
         return self.stages[self.stage_index(step, total_steps)].spec
 
-    def for_depth(self, num_layers: int, reference_layers: int) -> Scheme:
+    def for_depth(self, num_layers: int, reference_layers: int = SCHEME_REFERENCE_LAYERS) -> Scheme:
         """The scheme with each layer K rescaled from a `reference_layers`-deep decoder to `num_layers`.
 
-        The paper's K (2, 16) are for 32-layer Vicuna-7B; a tiny model keeps each stage's relative depth with
-        K' = max(1, round(K * num_layers / reference_layers)).
+        K' = max(1, round(K * num_layers / reference_layers)), so each stage keeps its relative depth (see
+        SCHEME_REFERENCE_LAYERS for the paper's depth and what it gives on 28-layer and tiny decoders).
         """
 
         def scale(spec):

@@ -1,10 +1,12 @@
 """Stock vs compressed prefill, side by side in one run: measured speedup against the FLOP-count ideal.
 
-A Video-LLaVA model with a Llama decoder (hidden 1024, 8 layers) prefills 8 frames × 257 visual tokens plus 75
-text tokens, fp32 on CPU. Video features are precomputed and handed to every setting alike
-(`mm_encoder_outputs`), so the timings are the language model's. Measured by `image_llavolta.efficiency.measure`:
-settings interleaved round by round, the median of the rounds (the speedup: of the paired ratios stock/setting),
-peak tensor memory of one prefill.
+`--family video_llava` (default): a Video-LLaVA model with a Llama decoder (hidden 1024, 8 layers) prefills 8 frames
+× 257 visual tokens plus 75 text tokens. `--family qwen2_vl` / `qwen2_5_vl`: the same size of Qwen2-style decoder
+(GQA, M-RoPE) prefills a video of 8 temporal patches × 196 tokens (grid 8 × 28 × 28, one segment each) between its
+vision start and end tokens, plus text. fp32 on CPU. Visual features are precomputed and handed to every setting
+alike (`mm_encoder_outputs`), so the timings are the language model's. Measured by
+`image_llavolta.efficiency.measure`: settings interleaved round by round, the median of the rounds (the speedup: of
+the paired ratios stock/setting), peak tensor memory of one prefill.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from image_llavolta.efficiency.measure import (
 from image_llavolta.tables import format_table
 from video_llavolta.configs import frame_tokens, num_frames
 from video_llavolta.families import VIDEO_LLAVA
+from video_llavolta.models import qwen_vl
 from video_llavolta.models.video_llava import build_model
 
 TEXT_TOKENS = 75
@@ -38,19 +41,13 @@ SETTINGS = {
     "K=4,S=2": CompressionSpec(4, 2),
     "no-op S=1": CompressionSpec(4, 1),
 }
+DECODER = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16)
+QWEN_GRID = (8, 28, 28)  # temporal patches x patch rows x patch columns: 8 segments of 14 x 14 = 196 tokens
 
 
-def build(seed: int = 0):
-    """The benchmark model and one prefill's inputs (ids, attention mask, precomputed video features)."""
-    text = LlamaConfig(
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-    )
+def build_video_llava(seed: int = 0):
+    """The Video-LLaVA benchmark model, one prefill's inputs (precomputed video features) and its description."""
+    text = LlamaConfig(**DECODER, num_key_value_heads=16, vocab_size=32064, max_position_embeddings=4096)
     vision = CLIPVisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=224, patch_size=14
     )
@@ -60,7 +57,48 @@ def build(seed: int = 0):
     del inputs["pixel_values_videos"]
     features = torch.randn(num_frames(config), frame_tokens(config), text.hidden_size)
     inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=features)}
-    return model, inputs
+    return model, inputs, f"{num_frames(config)}×{frame_tokens(config)} visual, Llama"
+
+
+def build_qwen(model_type: str):
+    """A builder of the Qwen2-VL / Qwen2.5-VL benchmark model (see the module note)."""
+
+    def build(seed: int = 0):
+        config = qwen_vl.tiny_config(
+            model_type,
+            layers=DECODER["num_hidden_layers"],
+            hidden=DECODER["hidden_size"],
+            vocab=32064,
+            intermediate_size=DECODER["intermediate_size"],
+            num_attention_heads=DECODER["num_attention_heads"],
+            num_key_value_heads=4,
+        )
+        model = qwen_vl.build_model(config, seed=seed).eval()
+        t, h, w = QWEN_GRID
+        visual = t * h * w // 4
+        g = torch.Generator().manual_seed(seed)
+        before, after = TEXT_TOKENS // 2, TEXT_TOKENS - TEXT_TOKENS // 2
+        ids = torch.randint(3, 32000, (1, before + visual + after), generator=g)
+        ids[0, before - 1], ids[0, before + visual] = config.vision_start_token_id, config.vision_end_token_id
+        ids[0, before : before + visual] = config.video_token_id
+        features = torch.randn(visual, DECODER["hidden_size"], generator=g)
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": qwen_vl.token_types(config, ids),
+            "video_grid_thw": torch.tensor([QWEN_GRID]),
+            "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(features,))},
+        }
+        return model, inputs, f"{t}×{h * w // 4} visual (temporal patches), Qwen2-style"
+
+    return build
+
+
+BUILDERS = {
+    "video_llava": build_video_llava,
+    "qwen2_vl": build_qwen("qwen2_vl"),
+    "qwen2_5_vl": build_qwen("qwen2_5_vl"),
+}
 
 
 def main() -> None:
@@ -68,10 +106,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--family", choices=sorted(BUILDERS), default="video_llava")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, inputs = build()
+    model, inputs, described = BUILDERS[args.family]()
     with torch.no_grad():
         reference = prefill(model, inputs, None).logits
         assert torch.equal(prefill(model, inputs, SETTINGS["no-op S=1"]).logits, reference), (
@@ -107,8 +146,8 @@ def main() -> None:
         format_table(
             rows,
             ["setting", "tokens>K", "ms", "speedup", "ideal", "ratio", "peak MB"],
-            title=f"\nprefill of {inputs['input_ids'].shape[1]} tokens ({num_frames(config)}×"
-            f"{frame_tokens(config)} visual), Llama hidden {text.hidden_size}, "
+            title=f"\n{args.family}: prefill of {inputs['input_ids'].shape[1]} tokens ({described} hidden "
+            f"{text.hidden_size}, "
             f"{text.num_hidden_layers} layers, fp32, {args.threads} threads, median of "
             f"{args.rounds} rounds; peak MB = tensor memory of one prefill",
         )

@@ -13,14 +13,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_family_for_reads_the_model_type_of_a_config_or_a_checkpoint(tmp_path):
-    assert set(FAMILIES) == {"llava", "video_llava", "llava_onevision"} and FAMILIES["llava"] is LLAVA
+    assert set(FAMILIES) == {"llava", "video_llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl"}
+    assert FAMILIES["llava"] is LLAVA
     assert family_for(tiny_llava().config) is LLAVA and family_for(tiny_video_llava().config) is VIDEO_LLAVA
     tiny_video_llava().save_pretrained(tmp_path / "video")
     assert family_for(tmp_path / "video") is VIDEO_LLAVA and family_for(str(tmp_path / "video")) is VIDEO_LLAVA
     LlamaConfig(num_hidden_layers=1).save_pretrained(tmp_path / "llama")
     with pytest.raises(
         ValueError,
-        match=r"llama: model_type 'llama' is not a family known here \(known: llava, llava_onevision, "
+        match=r"llama: model_type 'llama' is not a family known here \(known: llava, llava_onevision, qwen2_5_vl, "
+        r"qwen2_vl, "
         r"video_llava\)",
     ):
         family_for(tmp_path / "llama")

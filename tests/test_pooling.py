@@ -110,3 +110,17 @@ def test_text_tail_counts_trailing_text_slots():
     ids = torch.tensor([[5, IMG, IMG, 6, 7], [5, 6, IMG, IMG, 0]])
     plan = plan_compression(find_segments(ids, {IMG: 2}), (ids != 0).long(), torch.arange(5)[None], 2)
     assert plan.text_tail.tolist() == [2, 0]  # right padding: sample 1 ends in a pad slot after its image
+
+
+def test_multi_axis_positions_take_the_floor_of_the_window_mean_per_axis():
+    # One 2x3 grid of 6 visual tokens (M-RoPE style): t constant, h row, w column; text before and after.
+    index = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, -1]])
+    t = [0, 1, 1, 1, 1, 1, 1, 4]
+    h = [0, 1, 1, 1, 2, 2, 2, 4]
+    w = [0, 1, 2, 3, 1, 2, 3, 4]
+    positions = torch.tensor([t, h, w])[:, None]  # (3, 1, 8)
+    plan = plan_compression(layout_from_segment_index(index), None, positions, stride=4)
+    # windows [1..4] and [5, 6]: h (1+1+1+2)//4 = 1, (2+2)//2 = 2; w (1+2+3+1)//4 = 1, (2+3)//2 = 2
+    assert plan.position_ids.tolist() == [[[0, 1, 1, 4]], [[0, 1, 2, 4]], [[0, 1, 2, 4]]]
+    one_axis = plan_compression(layout_from_segment_index(index), None, positions[2], stride=4)
+    assert one_axis.position_ids.tolist() == plan.position_ids[2].tolist() and torch.equal(one_axis.slot, plan.slot)

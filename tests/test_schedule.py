@@ -99,3 +99,13 @@ def test_scheme_rescaled_to_a_shallower_model():
     assert [s.spec and (s.spec.layer, s.spec.stride) for s in scaled.stages] == [(1, 8), (1, 2), (4, 2), None]
     assert [s.fraction for s in scaled.stages] == [0.25] * 4
     assert SCHEMES["two"].for_depth(32, 32).stages == SCHEMES["two"].stages
+
+
+def test_paper_schemes_map_onto_28_layer_and_tiny_decoders():
+    # Qwen2-7B (Qwen2-VL-7B, Qwen2.5-VL-7B, LLaVA-OneVision-7B) has 28 layers: K = round(K * 28 / 32)
+    layers = lambda scheme: [s.spec and s.spec.layer for s in scheme.stages]  # noqa: E731
+    assert layers(SCHEMES["four_deeper_then_wider"].for_depth(28)) == [2, 14, 14, None]  # 1.75 -> 2, 14
+    assert layers(SCHEMES["four_deeper_then_wider"].for_depth(4)) == [1, 2, 2, None]  # 0.25 -> max(1, 0), 2
+    assert layers(SCHEMES["three_wider"].for_depth(2)) == [1, 1, None]
+    strides = [s.spec and s.spec.stride for s in SCHEMES["four_wider_then_deeper"].for_depth(28).stages]
+    assert strides == [8, 2, 2, None]  # strides do not depend on depth

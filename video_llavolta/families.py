@@ -1,4 +1,5 @@
-"""Every model family of the toolkit (`image_llavolta.family.ModelFamily`): LLaVA-1.5, Video-LLaVA, LLaVA-OneVision.
+"""Every model family of the toolkit (`image_llavolta.family.ModelFamily`): LLaVA-1.5, Video-LLaVA, LLaVA-OneVision
+(`video_llavolta.onevision`), Qwen2-VL and Qwen2.5-VL (`video_llavolta.qwen`).
 
 `FAMILIES` maps model types to families for the command lines that take any checkpoint; `family_for` finds a
 config's or a checkpoint directory's.
@@ -19,6 +20,7 @@ from .checkpoint import load_pretrained
 from .configs import DEFAULT_FRAMES, num_frames, placeholder_tokens, temporal_attention, tiny_video_llava_config
 from .models.video_llava import build_model
 from .onevision import LLAVA_ONEVISION
+from .qwen import QWEN2_5_VL, QWEN2_VL
 
 
 def _inputs(config, batch: int = 1, text_tokens: int = 64, seed: int = 0) -> dict:
@@ -75,7 +77,9 @@ VIDEO_LLAVA = ModelFamily(
     tiny_options=("num_frames", "temporal_attention"),
 )
 
-FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (LLAVA, VIDEO_LLAVA, LLAVA_ONEVISION)}
+FAMILIES: dict[str, ModelFamily] = {
+    f.model_type: f for f in (LLAVA, VIDEO_LLAVA, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)
+}
 
 
 def family_for(config_or_path: PretrainedConfig | str | os.PathLike) -> ModelFamily:

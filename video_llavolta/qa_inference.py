@@ -67,6 +67,7 @@ from .configs import num_frames, short_clip_policy
 from .frames import video_source
 from .inputs import encode_sample, read_video
 from .onevision import encode_video_sample, video_prompt
+from .qwen import qa_sample
 
 __all__ = [
     "generate_answers",
@@ -115,8 +116,17 @@ def _encode_with_chat_template(tokenizer, config, template: Template, question: 
     return encode_video_sample(tokenizer, config, video_prompt(tokenizer, question), frames.frames)
 
 
+def _encode_qwen(tokenizer, config, template: Template, question: str, frames) -> dict:
+    """A Qwen2-VL / Qwen2.5-VL question: the chat template, frames as the checkpoint's patches (template unused)."""
+    return qa_sample(tokenizer, config, question, frames.frames)
+
+
 # model type -> how its prompt is built and encoded (default: the conversation template's, Video-LLaVA's)
-QUESTION_ENCODERS = {"llava_onevision": _encode_with_chat_template}
+QUESTION_ENCODERS = {
+    "llava_onevision": _encode_with_chat_template,
+    "qwen2_vl": _encode_qwen,
+    "qwen2_5_vl": _encode_qwen,
+}
 
 
 def question_encoder(config):

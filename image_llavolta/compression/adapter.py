@@ -10,7 +10,9 @@ It tells the core what only the family knows:
 - `embed_multimodal(input_ids, visual)`: the input embeddings with the visual features scattered in, the
   segments (the segment length of each placeholder id, one image or one frame; or, for layouts that vary per
   sample, a `VisualLayout` from `layout_from_segment_index`), and the visual states to return;
-- `text_decoder()`: the decoder (a Llama-style `...Model`) that the compressed pass drives.
+- `text_decoder()`: the decoder (a Llama-style `...Model`) that the compressed pass drives;
+- `rope_positions(input_ids, attention_mask, position_ids, visual, decoding)`, for families with their own
+  positions (M-RoPE): the positions the compressed pass runs with, (B, L) or (A, B, L); by default the ones given.
 
 The core finds segments from the ids and those lengths, pools them inside the decoder and computes the loss.
 
@@ -124,6 +126,10 @@ class CompressedModelMixin(StockModelingMixin):
         """The decoder that the compressed pass drives (embed_tokens, layers, rotary_emb, norm)."""
         raise NotImplementedError
 
+    def rope_positions(self, input_ids, attention_mask, position_ids, visual: dict, decoding: bool):
+        """The positions of the compressed pass (None: the decoder's default, continuing a compressed cache)."""
+        return position_ids
+
     @property
     def num_decoder_layers(self) -> int:
         """N, the decoder's layer count, against which specs are checked."""
@@ -220,6 +226,8 @@ class CompressedModelMixin(StockModelingMixin):
         # Placeholder ids without their pixel inputs are text, as in the stock forward: so is every id appended to
         # a compressed prefill, including a placeholder id that a model generates.
         inputs_embeds, segments, visual_states = self.embed_multimodal(input_ids, visual)
+        decoding = isinstance(past_key_values, CompressedCache) and past_key_values.prefill is not None
+        position_ids = self.rope_positions(input_ids, attention_mask, position_ids, visual, decoding)
         layout = segments if isinstance(segments, VisualLayout) else find_segments(input_ids, segments)
 
         query_index = None

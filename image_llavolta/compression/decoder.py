@@ -91,6 +91,8 @@ def compressed_decoder_forward(
     """Run `text_model` with visual tokens pooled after layer `spec.layer`; return its output and the plan.
 
     The plan is None on decode steps, which append text tokens to a cache filled by a compressed prefill.
+    `position_ids` are (B, L) or, for multi-axis RoPE (M-RoPE), (A, B, L) as the decoder's `rotary_emb` takes
+    them; pooled tokens take per axis the floor of their window's mean position (`plan_compression`).
     `query_index` (B,) is the last prompt token whose attention ranks tokens for `fastv` (default: the last
     real token of each row, which is the last prompt token when generating).
     """
@@ -110,9 +112,19 @@ def compressed_decoder_forward(
 
     compressed_seen = cache.get_seq_length(k) if decoding else 0
     if position_ids is None:
-        start = cache.full_seen if decoding else 0
-        position_ids = torch.arange(start, start + length, device=inputs_embeds.device)[None]
-    position_ids = position_ids.expand(batch, -1)
+        if decoding:
+            position_ids = cache.prefill.positions(cache.full_seen, length).to(inputs_embeds.device)
+        else:
+            position_ids = torch.arange(length, device=inputs_embeds.device)[None]
+    multi_axis = position_ids.ndim == 3  # (A, B, L): one row of positions per RoPE axis (M-RoPE)
+    if decoding and multi_axis != bool(cache.prefill.rope_axes):
+        raise ValueError(
+            f"position_ids of shape {tuple(position_ids.shape)} after a prefill with "
+            f"{cache.prefill.rope_axes or 1}-axis positions: decode steps take the prefill's kind of positions"
+        )
+    position_ids = position_ids.expand(-1, batch, -1) if multi_axis else position_ids.expand(batch, -1)
+    # Multi-axis positions do not describe packing, which is all the mask reads positions for.
+    mask_positions = None if multi_axis else position_ids
 
     hidden, scores = inputs_embeds, None
     if spec.method == "fastv" and not decoding and query_index is None:
@@ -124,7 +136,7 @@ def compressed_decoder_forward(
             hidden,
             attention_mask,
             position_ids,
-            position_ids,
+            mask_positions,
             cache,
             use_cache,
             0,
@@ -162,7 +174,13 @@ def compressed_decoder_forward(
         hidden = average_pool(hidden, plan)
         short_mask, short_positions = plan.attention_mask, plan.position_ids
         if cache is not None:
-            cache.record_prefill(k, length, short_mask, plan.text_tail)
+            deltas, axes = None, 0
+            if multi_axis:  # the first position after the prompt, less its full length (see `cache`)
+                valid = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+                valid = valid if attention_mask is None else attention_mask.bool()
+                last = torch.where(valid, position_ids.amax(0), 0).amax(1)  # (B,)
+                deltas, axes = last + 1 - length, position_ids.shape[0]
+            cache.record_prefill(k, length, short_mask, plan.text_tail, deltas, axes)
 
     # Layers K+1..N. The mask is built over contiguous indices (gaps in position ids would read as packed
     # sequences); RoPE gets the real (pooled) positions.

@@ -23,7 +23,7 @@ class CompressionPlan:
     slot: torch.Tensor  # (B, L) long: output slot of each input token; padding goes to the dump slot `length`
     length: int  # compressed sequence length (Lc)
     counts: torch.Tensor  # (B, Lc) long: input tokens averaged into each slot (0 = padding)
-    position_ids: torch.Tensor  # (B, Lc) long: RoPE positions (floor of the window's mean position)
+    position_ids: torch.Tensor  # (B, Lc) or (A, B, Lc) long: RoPE positions, per axis the floor of the window's mean
     visual_in: torch.Tensor  # (B,) visual tokens before pooling
     visual_out: torch.Tensor  # (B,) visual tokens after pooling
     text_tail: torch.Tensor  # (B,) text tokens after the last pooled slot (a KV cache may be cropped that far)
@@ -60,7 +60,9 @@ def plan_compression(
 
     By default slot j of a segment averages its tokens j·S .. j·S+S−1 (average pooling). `local_slot` (B, L)
     gives each visual token another slot index in 0..ceil(n/S)−1 within its segment, or −1 to drop it; every
-    slot must receive at least one token (see `methods`).
+    slot must receive at least one token (see `methods`). `position_ids` are (B, L) or, for multi-axis RoPE
+    (M-RoPE's temporal, height and width axes), (A, B, L): a slot takes on each axis the floor of the mean of
+    its tokens' positions, so a text token keeps its own.
     """
     is_visual, offset = layout.is_visual, layout.offset
     batch, length = is_visual.shape
@@ -92,8 +94,11 @@ def plan_compression(
     counts = scatter(torch.ones_like(slot), "sum")
     if local_slot is not None and bool(((counts > 0).sum(1) != kept).any()):
         raise ValueError("a compression method left a visual slot empty; every slot needs at least one token")
-    position_sum = scatter(position_ids.expand(batch, length).long(), "sum")
+    axes = position_ids if position_ids.ndim == 3 else position_ids[None]  # (A, B, L)
+    position_sum = torch.stack([scatter(p.long(), "sum") for p in axes.expand(-1, batch, length)])  # (A, B, Lc)
     position_ids_out = torch.div(position_sum, counts.clamp(min=1), rounding_mode="floor")
+    if position_ids.ndim != 3:
+        position_ids_out = position_ids_out[0]  # (B, Lc)
     text_slot = (counts > 0) & (scatter(is_visual.long(), "amax") == 0)
     text_tail = text_slot.flip(1).long().cumprod(1).sum(1)  # run of text slots at the end of each row
     return CompressionPlan(

@@ -122,7 +122,7 @@ def analytic_flops(family, model, inputs: dict, stats: CompressionStats, attenti
     rows = stats.tokens_in if family.projector_rows is None else family.projector_rows(model.config, inputs)
     parts = {
         "vision": family.vision_flops(model.config, inputs),
-        "projector": projector_flops(model.config, rows),
+        "projector": (family.projector_flops or projector_flops)(model.config, rows),
         "language_model": language_model_flops(model.config, inputs, stats, attention),
     }
     return {**parts, "total": sum(parts.values())}

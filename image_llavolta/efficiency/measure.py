@@ -180,7 +180,7 @@ def _parts(model) -> dict[str, list]:
     named = dict(inner.named_children())
     return {
         "vision": [m for name, m in named.items() if name not in ("multi_modal_projector", "language_model")],
-        "projector": [named["multi_modal_projector"]],
+        "projector": [named["multi_modal_projector"]] if "multi_modal_projector" in named else [],  # Qwen: in the tower
         "language_model": [named["language_model"], model.lm_head],
     }
 
