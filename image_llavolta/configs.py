@@ -38,9 +38,9 @@ def image_tokens(config) -> int:
     return patches if config.vision_feature_select_strategy == "default" else patches + 1
 
 
-def tiny_text_config(layers: int = 4, hidden: int = 64, vocab_size: int = 128, **overrides) -> LlamaConfig:
-    """A small random-initialisable Llama decoder (pads with id 0, BOS 1, EOS 2)."""
-    cfg = dict(
+def tiny_decoder_fields(layers: int = 4, hidden: int = 64, vocab_size: int = 128) -> dict:
+    """The fields of a small random-initialisable decoder of any Llama-style family (pads with id 0, BOS 1, EOS 2)."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -51,8 +51,12 @@ def tiny_text_config(layers: int = 4, hidden: int = 64, vocab_size: int = 128, *
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        tie_word_embeddings=False,
     )
+
+
+def tiny_text_config(layers: int = 4, hidden: int = 64, vocab_size: int = 128, **overrides) -> LlamaConfig:
+    """A small random-initialisable Llama decoder (pads with id 0, BOS 1, EOS 2)."""
+    cfg = dict(tiny_decoder_fields(layers, hidden, vocab_size), tie_word_embeddings=False)
     return LlamaConfig(**{**cfg, **overrides})
 
 

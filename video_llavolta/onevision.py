@@ -19,6 +19,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 
 from image_llavolta.checkpoint import load_model, read_config, stored_compression
 from image_llavolta.compression import FROM_CONFIG, SpecArgument, check_spec_argument, enable_compression
+from image_llavolta.configs import tiny_decoder_fields
 from image_llavolta.conversation import tokenize_prompt
 from image_llavolta.family import ModelFamily, synthetic_ids
 from image_llavolta.processing import normalize
@@ -86,19 +87,7 @@ def tiny_onevision_config(
         patch_size=patch_size,
         vision_use_head=False,
     )
-    text = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
+    text = Qwen2Config(**tiny_decoder_fields(layers, hidden, vocab_size), tie_word_embeddings=False)
     tiles = [[image_size * h, image_size * w] for h in (1, 2) for w in (1, 2)]
     return LlavaOnevisionConfig(
         vision_config=vision,

@@ -37,6 +37,7 @@ from image_llavolta.compression import (
     placeholder_ids,
 )
 from image_llavolta.compression.segments import layout_from_segment_index
+from image_llavolta.configs import tiny_decoder_fields
 
 # mm_token_type_ids, as transformers' processors write them
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
@@ -282,18 +283,7 @@ def tiny_config(
 ) -> PretrainedConfig:
     """A tiny Qwen2-VL / Qwen2.5-VL config for tests and measurements: 2-px patches, a 2-block tower, and the
     real model's merge (2x2) and temporal patch (2 frames); placeholder and vision start/end ids at the vocab's end."""
-    text = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    text = tiny_decoder_fields(layers, hidden, vocab)
     text.update(text_overrides)
     # M-RoPE splits the head's rotary frequencies over (t, h, w) as the 7B models do (16, 24, 24 of 64)
     section = _mrope_section(hidden // text["num_attention_heads"])
