@@ -1,0 +1,118 @@
+"""Qwen2-VL / Qwen2.5-VL through staged training: chat-template samples and a two-stage run of a tiny checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from qwen_models import tiny_qwen
+from test_qwen_family import qwen_tokenizer
+from test_train import synthetic  # noqa: F401  (the synthetic data set fixture)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from image_llavolta.labels import IGNORE_INDEX
+from llavolta.train import main as llavolta_train
+from video_llavolta.qwen import QWEN2_5_VL, load_pretrained, qa_sample
+from video_llavolta.train_chat import QwenInstructionDataset, encode_chat
+
+SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
+
+
+def save_checkpoint(model, path):
+    """A tiny checkpoint in the Qwen2.5-VL-7B-Instruct layout: weights, tokenizer with its chat template, and
+    a preprocessor of 2-px patches whose 256-pixel cap makes every training frame 16 x 16 px (8 x 8 patches)."""
+    model.save_pretrained(path)
+    qwen_tokenizer(model.config).save_pretrained(path)
+    Qwen2VLImageProcessorPil(patch_size=2, merge_size=2, max_pixels=16 * 16, min_pixels=8 * 8).save_pretrained(path)
+
+
+def test_turns_are_the_templates_prompts_and_labels_the_replies(tmp_path):
+    model = tiny_qwen("qwen2_5_vl")
+    model.config.num_frames = 4
+    save_checkpoint(model, tmp_path / "ckpt")
+    config = QWEN2_5_VL.load_pretrained(tmp_path / "ckpt").config
+    tokenizer = qwen_tokenizer(config)
+    # 4 frames of 16 x 16 px: 2 temporal patches of 8 x 8 patches, 16 tokens each after the 2x2 merger
+    placeholders = QwenInstructionDataset.placeholder_tokens(config)
+    assert placeholders == {"<|video_pad|>": (config.video_token_id, 2 * 16)}
+    turns = [
+        {"from": "human", "value": "<video>\nwhat is in the video ?"},
+        {"from": "gpt", "value": "red ball"},
+        {"from": "human", "value": "what is it ?"},
+        {"from": "gpt", "value": "a ball"},
+    ]
+    ids, labels = encode_chat(tokenizer, turns, placeholders, "s0")
+    tok = tokenizer.convert_tokens_to_ids
+    words = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    start, end = tok("<|im_start|>"), tok("<|im_end|>")
+    # independently: the template's default system turn, the user turn with the video block first, the reply
+    # and <|im_end|>, then the second turn after the template's newline (a whitespace to the word tokenizer)
+    first = [start, *words("system You are a helpful assistant ."), end, start, tok("user"), tok("<|vision_start|>")]
+    first += [config.video_token_id] * 32 + [tok("<|vision_end|>"), *words("what is in the video ?"), end]
+    first += [start, tok("assistant")]
+    reply = [*words("red ball"), end]
+    second = [start, tok("user"), *words("what is it ?"), end, start, tok("assistant")]
+    last = [*words("a ball"), end]
+    assert ids == first + reply + second + last
+    assert labels == [IGNORE_INDEX] * len(first) + reply + [IGNORE_INDEX] * len(second) + last
+    # the first prompt is the QA encoding of the same question on frames of the training size
+    frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert qa_sample(tokenizer, config, turns[0]["value"], frames)["input_ids"].tolist() == first
+
+
+def test_staged_training_of_a_tiny_checkpoint(synthetic, tmp_path):  # noqa: F811
+    model = tiny_qwen("qwen2_5_vl")
+    model.config.num_frames = 4  # the toolkit's frames-per-video field: 2 temporal patches
+    save_checkpoint(model, tmp_path / "base")
+    records = json.loads((synthetic / "train.json").read_text())[:8]
+    (synthetic / "train8.json").write_text(json.dumps(records))
+    out = tmp_path / "run"
+    overrides = [
+        f"model.path={tmp_path / 'base'}",
+        f"output_dir={out}",
+        f"data.train=[{synthetic / 'train8.json'}]",
+        f"data.video_root={synthetic / 'videos'}",
+        "data.max_length=512",
+        "optim.per_device_batch_size=4",
+        "optim.lr=1e-3",
+        f"scheme={json.dumps(SCHEME)}",
+        "logging_steps=100",
+    ]
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {family: qwen2_5_vl}\n")
+    assert llavolta_train([str(config), *overrides]) == 0  # `llavolta train` picks the chat-template trainer
+    report = json.loads((out / "train_report.json").read_text())
+    first, last = report["stages"]
+    assert report["total_optimizer_steps"] == 2 and first["samples"] + last["samples"] == 8
+    patches_in = first["samples"] * 2  # 16 tokens per temporal patch; K=1, S=4 pools each to 4
+    assert (first["visual_tokens_in"], first["visual_tokens_out"]) == (patches_in * 16, patches_in * 4)
+    assert last["visual_tokens_out"] == last["visual_tokens_in"] == last["samples"] * 2 * 16
+    trained = QWEN2_5_VL.load_pretrained(out)
+    assert (out / "preprocessor_config.json").read_text() == (
+        tmp_path / "base" / "preprocessor_config.json"
+    ).read_text()
+    assert trained.compression_spec is None and trained.config.model_type == "qwen2_5_vl"
+    merger = "model.visual.merger.mlp.0.weight"  # the projector trained; the tower's blocks stayed frozen
+    before, after = model.state_dict(), trained.state_dict()
+    assert not torch.equal(after[merger], before[merger])
+    assert torch.equal(
+        after["model.visual.blocks.0.mlp.up_proj.weight"], before["model.visual.blocks.0.mlp.up_proj.weight"]
+    )
+
+
+def test_a_sample_carries_its_grid_and_token_types(synthetic, tmp_path):  # noqa: F811
+    model = tiny_qwen("qwen2_vl")
+    model.config.num_frames = 3  # the last temporal patch repeats the third frame
+    save_checkpoint(model, tmp_path / "ckpt")
+    config = load_pretrained(tmp_path / "ckpt").config
+    dataset = QwenInstructionDataset(
+        synthetic / "train.json", qwen_tokenizer(config), config, video_root=synthetic / "videos"
+    )
+    index = dataset.modalities().index("video")
+    sample = dataset[index]
+    assert sample["video_grid_thw"].tolist() == [[2, 8, 8]]
+    assert sample["pixel_values_videos"].shape == (2 * 8 * 8, 3 * 2 * 2 * 2)
+    video = sample["input_ids"] == config.video_token_id
+    assert int(video.sum()) == 2 * 16 and torch.equal(sample["mm_token_type_ids"], video.long() * 2)
+    with pytest.raises(ValueError, match="flip_prob is not supported for Qwen-VL"):
+        QwenInstructionDataset(synthetic / "train.json", qwen_tokenizer(config), config, flip_prob=0.5)
