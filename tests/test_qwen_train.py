@@ -10,6 +10,7 @@ from test_qwen_family import qwen_tokenizer
 from test_train import synthetic  # noqa: F401  (the synthetic data set fixture)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.labels import IGNORE_INDEX
 from llavolta.train import main as llavolta_train
 from video_llavolta.qwen import QWEN2_5_VL, load_pretrained, qa_sample
@@ -116,3 +117,52 @@ def test_a_sample_carries_its_grid_and_token_types(synthetic, tmp_path):  # noqa
     assert int(video.sum()) == 2 * 16 and torch.equal(sample["mm_token_type_ids"], video.long() * 2)
     with pytest.raises(ValueError, match="flip_prob is not supported for Qwen-VL"):
         QwenInstructionDataset(synthetic / "train.json", qwen_tokenizer(config), config, flip_prob=0.5)
+
+
+@torch.no_grad()
+def test_probe_accounts_each_videos_own_tokens(synthetic, tmp_path):  # noqa: F811
+    from video_llavolta.frames import read_frames
+    from video_llavolta.probe import main as probe_main
+    from video_llavolta.qwen import load_tokenizer
+
+    model = tiny_qwen("qwen2_5_vl")
+    model.config.num_frames = 2
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    qwen_tokenizer(model.config).save_pretrained(ckpt)
+    # bounds wide enough that each synthetic video (64 to 128 px square) keeps its own size: its own token count
+    Qwen2VLImageProcessorPil(patch_size=2, merge_size=2, max_pixels=128 * 128, min_pixels=8 * 8).save_pretrained(ckpt)
+    records = [json.loads(line) for line in (synthetic / "test_qa.jsonl").read_text().splitlines()]
+    sides = {}
+    for r in records:  # one question each of the two videos of different sizes
+        sides.setdefault(read_frames(synthetic / "videos" / r["video"], num_frames=1).frames.shape[1], r)
+    chosen = list(sides.values())[:2]
+    assert len(chosen) == 2
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    out = tmp_path / "probe"
+    argv = ["--model", ckpt, "--qa", qa, "--video-root", synthetic / "videos", "--layers", "1", "--strides", "4"]
+    argv += ["--out", out, "--attention-samples", "1", "--max-new-tokens", "2"]
+    assert probe_main([str(a) for a in argv]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [p["status"] for p in sweep["points"]] == ["ok", "ok"]
+    # independently: each question's own QA encoding, and the compressed forward's own accounting over both
+    loaded, tokenizer = QWEN2_5_VL.load_pretrained(ckpt), load_tokenizer(ckpt)
+    samples = [
+        qa_sample(tokenizer, loaded.config, r["question"], read_frames(synthetic / "videos" / r["video"], 2).frames)
+        for r in chosen
+    ]
+    grids = [s["video_grid_thw"][0].tolist() for s in samples]
+    assert sweep["visual_segments"] == [[h * w // 4] * t for t, h, w in grids] and grids[0] != grids[1]
+    stats = [
+        enable_compression(loaded, CompressionSpec(1, 4))(
+            **{**s, "input_ids": s["input_ids"][None], "mm_token_type_ids": s["mm_token_type_ids"][None]},
+            output_compression=True,
+        ).compression
+        for s in samples
+    ]
+    over_layers = sum(st.tokens_over_layers for st in stats)
+    assert sweep["points"][1]["share_kept"] == pytest.approx(over_layers / (4 * sum(st.tokens_in for st in stats)))
+    attention = json.loads((out / "attention.json").read_text())
+    assert attention["status"] == "complete" and attention["question_ids"] == [chosen[0]["question_id"]]
+    assert attention["tokens"]["visual"] == grids[0][0] * grids[0][1] * grids[0][2] // 4

@@ -137,6 +137,15 @@ def training_frame_size(config, settings: PatchSettings) -> tuple[int, int]:
     return smart_resize(side, side, unit, settings.min_pixels, settings.max_pixels)
 
 
+def video_segments(config, frames: np.ndarray) -> list[int]:
+    """Visual tokens of each temporal patch of a video of `frames` (T x H x W x 3) as QA inference encodes it."""
+    settings = patch_settings(config)
+    unit = settings.patch_size * settings.merge_size
+    size = smart_resize(frames.shape[1], frames.shape[2], unit, settings.min_pixels, settings.max_pixels)
+    t, h, w = video_grid(len(frames), size, settings)
+    return [h * w // settings.merge_size**2] * t
+
+
 def video_grid(frames: int, size: tuple[int, int], settings: PatchSettings) -> list[int]:
     """[t, h, w] of `frames` frames of `size` px: temporal patches (the last one filled), patches per side."""
     p = settings.patch_size
