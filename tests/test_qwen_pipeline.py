@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL through staged training: chat-template samples and a two-stage run of a tiny checkpoint."""
+"""Qwen2-VL / Qwen2.5-VL through the pipeline: chat-template training, the probe and the lmms-eval model."""
 
 import json
 
@@ -166,3 +166,51 @@ def test_probe_accounts_each_videos_own_tokens(synthetic, tmp_path):  # noqa: F8
     attention = json.loads((out / "attention.json").read_text())
     assert attention["status"] == "complete" and attention["question_ids"] == [chosen[0]["question_id"]]
     assert attention["tokens"]["visual"] == grids[0][0] * grids[0][1] * grids[0][2] // 4
+
+
+class Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+@torch.no_grad()
+def test_lmms_model_encodes_a_video_as_qa_inference_does(synthetic, tmp_path):  # noqa: F811
+    from video_llavolta.frames import read_frames
+    from video_llavolta.lmms_model import VideoLlavolta
+
+    model = tiny_qwen("qwen2_5_vl")
+    model.config.num_frames = 2
+    save_checkpoint(model, tmp_path / "ckpt")
+    lmms = VideoLlavolta(pretrained=str(tmp_path / "ckpt"), device="cpu")
+    video = str(synthetic / "videos" / "test_00000.mp4")
+    sample = lmms.encode("what is in the video ?", [video])
+    tokenizer = qwen_tokenizer(model.config)
+    config = load_pretrained(tmp_path / "ckpt").config  # its patch settings are the checkpoint's preprocessor's
+    expected = qa_sample(tokenizer, config, "what is in the video ?", read_frames(video, num_frames=2).frames)
+    for key in ("input_ids", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(sample[key], expected[key]), key
+    with pytest.raises(ValueError, match="answers one video per request here, got 2 video"):
+        lmms.encode("what ?", [video, video])
+    lmms.task_dict = {"t": {"test": [{"video": video}]}}
+    visual = lambda doc: [doc["video"]]  # noqa: E731
+    [(total, _)] = lmms.loglikelihood([Request("what is in the video ?", "red ball", visual, 0, "t", "test")])
+    # independently: the stock forward on the prompt and the continuation, its log-probabilities of the latter
+    cont = tokenizer("red ball", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([expected["input_ids"], torch.tensor(cont)])[None]
+    types = torch.cat([expected["mm_token_type_ids"], torch.zeros(2, dtype=torch.long)])[None]
+    logits = model.stock_class.forward(
+        model,
+        input_ids=ids,
+        mm_token_type_ids=types,
+        pixel_values_videos=expected["pixel_values_videos"],
+        video_grid_thw=expected["video_grid_thw"],
+    ).logits[0, -3:-1]
+    assert total == pytest.approx(float(logits.log_softmax(-1)[[0, 1], cont].sum()), abs=1e-4)
+    [answer] = lmms.generate_until([Request("what is in the video ?", {"max_new_tokens": 3}, visual, 0, "t", "test")])
+    batch = {
+        **expected,
+        "input_ids": expected["input_ids"][None],
+        "mm_token_type_ids": expected["mm_token_type_ids"][None],
+    }
+    new = model.generate(**batch, max_new_tokens=3, do_sample=False)[0, ids.shape[1] - 2 :]
+    assert answer == tokenizer.decode(new, skip_special_tokens=True).strip()
