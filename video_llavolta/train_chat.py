@@ -130,6 +130,9 @@ class QwenInstructionDataset(ChatInstructionDataset):
         super().__init__(*args, **kwargs)
         if self.flip_prob:  # a flip of flattened patches is no mirror of the frame
             raise ValueError("data.flip_prob is not supported for Qwen-VL training (its pixels are patches)")
+        self.settings = qwen.patch_settings(self.config)
+        self.size = qwen.training_frame_size(self.config, self.settings)
+        self.grid = video_grid(self.config, self.settings)
 
     @staticmethod
     def placeholder_tokens(config):
@@ -140,9 +143,7 @@ class QwenInstructionDataset(ChatInstructionDataset):
 
     def load_media(self, kind: str, source: str) -> torch.Tensor:
         """(t·h·w, 3·tp·p·p) patches of a video at the run's frame size."""
-        settings = qwen.patch_settings(self.config)
-        size = qwen.training_frame_size(self.config, settings)
-        return qwen.frames_to_patches(self.read_frames(source), settings, size)[0]
+        return qwen.frames_to_patches(self.read_frames(source), self.settings, self.size)[0]
 
     def __getitem__(self, index: int) -> dict | SampleFailure:
         sample = super().__getitem__(index)
@@ -150,9 +151,7 @@ class QwenInstructionDataset(ChatInstructionDataset):
             return sample
         if (videos := sample.get("pixel_values_videos")) is not None:  # (V, t·h·w, D): the model takes rows
             sample["pixel_values_videos"] = videos.flatten(0, 1)  # (V·t·h·w, D)
-            sample["video_grid_thw"] = torch.tensor(
-                [video_grid(self.config, qwen.patch_settings(self.config))] * len(videos)
-            )
+            sample["video_grid_thw"] = torch.tensor([self.grid] * len(videos))
         sample["mm_token_type_ids"] = token_types(self.config, sample["input_ids"])
         return sample
 
