@@ -183,14 +183,15 @@ def model_for_run(config: TrainConfig, tokenizer):
     """The run's model: a local checkpoint (compression off) of a chat-template family, its tokenizer's video id
     matching its config."""
     m = config.model
+    if m.path is None:
+        raise ValueError(
+            f"a run of {sorted(TRAINED)} trains a local checkpoint: set model.path (its tokenizer has the chat "
+            "template)"
+        )
     family = run_family(config)
     if family not in TRAINED:
         raise ValueError(
             f"this run trains a {family!r} model, not one of {sorted(TRAINED)}: run it with `llavolta train`"
-        )
-    if m.path is None:
-        raise ValueError(
-            f"a {family} run trains a local checkpoint: set model.path (its tokenizer has the chat template)"
         )
     model = TRAINED[family].load_pretrained(
         m.path, compression=None, attn_implementation=m.attn_implementation or default_attn_implementation()
