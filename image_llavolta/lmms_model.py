@@ -51,7 +51,7 @@ from .compression import FROM_CONFIG, CompressionSpec, SpecArgument, parse_spec
 from .configs import placeholder_tokens
 from .conversation import resolve_template, tokenize_prompt
 from .generation import generate_answers, generation_config, resolve_compression
-from .inputs import load_image
+from .inputs import collate, load_image
 
 try:  # the optional `eval` extra
     from lmms_eval.api.model import lmms as _Base
@@ -223,10 +223,15 @@ class Llavolta(_Base):
             cont_ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
             if not cont_ids:
                 raise ValueError(f"the continuation {continuation!r} has no tokens")
-            ids = torch.tensor([sample["input_ids"] + cont_ids], device=self.model.device)
-            inputs = {"input_ids": ids}
-            for key in (k for k in sample if k.startswith("pixel_values")):  # images, and videos for Video-LLaVA
-                inputs[key] = sample[key].to(self.model.device, self.model.dtype)
+            full = {**sample, "input_ids": [int(i) for i in sample["input_ids"]] + cont_ids}
+            if "mm_token_type_ids" in sample:  # Qwen-VL: the continuation is text
+                full["mm_token_type_ids"] = torch.cat(
+                    [types := sample["mm_token_type_ids"], types.new_zeros(len(cont_ids))]
+                )
+            # one unpadded row with its pixels (images, videos) and, for Qwen-VL, its grids and token types
+            inputs = {k: v.to(self.model.device) for k, v in collate([full], 0).items() if k != "attention_mask"}
+            for key in (k for k in inputs if k.startswith("pixel_values")):
+                inputs[key] = inputs[key].to(self.model.dtype)
             extra = {"compression": self.compression} if hasattr(self.model, "compression_spec") else {}
             logits = self.model(**inputs, use_cache=False, **extra).logits[0]
             # The continuation is text at the end, so its predicting positions are the last ones even when

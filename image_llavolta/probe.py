@@ -98,16 +98,26 @@ def sample_stats(num_layers: int, spec: CompressionSpec | None, segment_lengths:
     `segment_lengths` are the visual tokens of each image or video frame of the sample; each is pooled on its
     own, a last partial window kept. None (the stock model) keeps every token in every layer.
     """
+    return samples_stats(num_layers, spec, [segment_lengths])
+
+
+def samples_stats(num_layers: int, spec: CompressionSpec | None, samples: Sequence[Sequence[int]]) -> CompressionStats:
+    """The accounting of a batch of samples, each with its own segment lengths (see `sample_stats`)."""
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    lengths = list(segment_lengths)
-    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
-        raise ValueError(f"segment_lengths must be positive token counts, got {lengths}")
+    samples = [list(lengths) for lengths in samples]
+    for lengths in samples:
+        if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+            raise ValueError(f"segment_lengths must be positive token counts, got {lengths}")
+    if not samples:
+        raise ValueError("no samples to account for")
     if spec is not None:
         spec.check_fits(num_layers)
     layer, stride = (0, 1) if spec is None else (spec.layer, spec.stride)
-    pooled = sum(pooled_length(n, stride) for n in lengths)
-    return CompressionStats(num_layers, layer, stride, torch.tensor([sum(lengths)]), torch.tensor([pooled]))
+    pooled = [sum(pooled_length(n, stride) for n in lengths) for lengths in samples]
+    return CompressionStats(
+        num_layers, layer, stride, torch.tensor([sum(lengths) for lengths in samples]), torch.tensor(pooled)
+    )
 
 
 def share_kept(num_layers: int, spec: CompressionSpec | None, segment_lengths: Sequence[int]) -> float:
@@ -123,7 +133,8 @@ def share_kept_from_stats(stats: CompressionStats) -> float:
 
 
 def _point_record(spec, num_layers, segment_lengths) -> dict:
-    stats = sample_stats(num_layers, spec, segment_lengths)
+    per_sample = bool(segment_lengths) and isinstance(segment_lengths[0], list)
+    stats = samples_stats(num_layers, spec, segment_lengths if per_sample else [segment_lengths])
     return {
         "name": point_name(spec),
         "stock": spec is None,
@@ -146,12 +157,16 @@ def run_sweep(
 ) -> dict:
     """Evaluate every point not yet finished in the sweep JSON `path`; returns the sweep (also written to `path`).
 
+    `segment_lengths`: one sample's visual segment lengths, standing for every sample (a family whose token counts
+    are fixed), or a list of them per sample (one whose counts depend on each video), summed over the samples.
     `evaluate(spec)` returns metrics with an "accuracy" (a fraction, or None when nothing was judged); an
     exception fails that point only: it is recorded with its error and retried on the next run. Points of
     earlier runs that are not in `points` are kept. `settings` (JSON-ready) must match the file's.
     """
     path = os.fspath(path)
-    segment_lengths = [int(n) for n in segment_lengths]
+    segment_lengths = [
+        [int(n) for n in lengths] if isinstance(lengths, Sequence) else int(lengths) for lengths in segment_lengths
+    ]
     settings = dict(settings or {})
     identity = {"settings": settings, "num_layers": num_layers, "visual_segments": segment_lengths}
     records: dict[str, dict] = {}
@@ -319,6 +334,10 @@ def answer_attention(model, batch: Mapping[str, torch.Tensor], regions: Mapping[
         raise ValueError(f"the regions {list(regions)} overlap: a token may belong to one region only")
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # as generate() numbers a padded prompt
     pixels = {k: v.to(model.device, model.dtype) for k, v in batch.items() if k.startswith("pixel_values")}
+    # dynamic-resolution families' grids and token types: their positions follow the visual layout (M-RoPE)
+    layout = {k: v.to(model.device) for k, v in batch.items() if k.endswith("_grid_thw") or k == "mm_token_type_ids"}
+    if layout:
+        positions = model.rope_positions(ids, mask, None, layout, decoding=False)  # (3, B, L)
     extra = {"compression": None} if hasattr(model, "compression_spec") else {}  # the stock forward, always
     out = model(
         input_ids=ids,
@@ -328,6 +347,7 @@ def answer_attention(model, batch: Mapping[str, torch.Tensor], regions: Mapping[
         use_cache=False,
         logits_to_keep=1,
         **pixels,
+        **layout,
         **extra,
     )
     decoder = model.model.language_model

@@ -358,6 +358,18 @@ def print_report(report: dict) -> None:
     print(format_table([[r[c] for c in cols] for r in report["stages"]], heads))
 
 
+# where a family's projector sits in its inner model: LLaVA's, or Qwen-VL's 2x2 merger at the end of its tower
+PROJECTORS = ("multi_modal_projector", "visual.merger")
+
+
+def _has_submodule(module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def set_trainable(model, phase: str, train_vision_towers: bool = False) -> dict:
     """Freeze per phase: pretrain trains the projector; finetune the projector and the language model.
 
@@ -365,10 +377,10 @@ def set_trainable(model, phase: str, train_vision_towers: bool = False) -> dict:
     Returns the trainable parameter count per part.
     """
     inner = model.model
-    parts = {"projector": [inner.multi_modal_projector]}
+    parts = {"projector": [inner.get_submodule(next(p for p in PROJECTORS if _has_submodule(inner, p)))]}
     if phase == "finetune":
         parts["language_model"] = [inner.language_model, model.lm_head]
-    towers = [getattr(inner, n) for n in ("vision_tower", "image_tower", "video_tower") if hasattr(inner, n)]
+    towers = [getattr(inner, n) for n in ("vision_tower", "image_tower", "video_tower", "visual") if hasattr(inner, n)]
     if train_vision_towers:
         parts["vision_towers"] = towers
     model.requires_grad_(False)

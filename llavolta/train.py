@@ -2,8 +2,8 @@
 
 The run config's model family (`model.family`, by default its checkpoint's `model_type`; see
 `image_llavolta.train_config`) picks the trainer: `llava` trains as `python -m image_llavolta.train`,
-`video_llava` as `python -m video_llavolta.train`, `llava_onevision` as `python -m video_llavolta.train_onevision`,
-with the same options.
+`video_llava` as `python -m video_llavolta.train`, the chat-template families (`llava_onevision`, `qwen2_vl`,
+`qwen2_5_vl`) as `python -m video_llavolta.train_chat`, with the same options.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ __all__ = ["TRAINERS", "add_arguments", "main", "run"]
 TRAINERS = {  # model type -> its trainer
     "llava": "image_llavolta.train",
     "video_llava": "video_llavolta.train",
-    "llava_onevision": "video_llavolta.train_onevision",
+    "llava_onevision": "video_llavolta.train_chat",
+    "qwen2_vl": "video_llavolta.train_chat",
+    "qwen2_5_vl": "video_llavolta.train_chat",
 }
 
 

@@ -193,10 +193,14 @@ def test_train_needs_a_family_it_knows(tmp_path, capsys):
     unnamed = write_config(tmp_path / "unnamed.yaml", tiny={"layers": 2})
     assert cli.main(["train", unnamed]) == 2
     err = capsys.readouterr().err
-    assert "model.family" in err and "['llava', 'llava_onevision', 'video_llava']" in err and unnamed in err
-    other = write_config(tmp_path / "other.yaml", tiny={"layers": 2}, family="qwen2_vl")
+    assert (
+        "model.family" in err
+        and "['llava', 'llava_onevision', 'qwen2_5_vl', 'qwen2_vl', 'video_llava']" in err
+        and unnamed in err
+    )
+    other = write_config(tmp_path / "other.yaml", tiny={"layers": 2}, family="qwen3_vl")
     assert cli.main(["train", other]) == 2
-    assert "trains a 'qwen2_vl' model" in capsys.readouterr().err
+    assert "trains a 'qwen3_vl' model" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

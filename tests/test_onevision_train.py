@@ -16,7 +16,7 @@ from video_llavolta.frames import read_frames
 from video_llavolta.onevision import LLAVA_ONEVISION, encode_video_sample, video_prompt
 from video_llavolta.probe import main as probe_main
 from video_llavolta.qa_inference import main as qa_main
-from video_llavolta.train_onevision import encode_chat
+from video_llavolta.train_chat import encode_chat
 
 SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
 

@@ -7,8 +7,8 @@
 `image_llavolta.lmms_model.Llavolta` says how to install lmms-eval and what the model arguments are
 (`pretrained`, `tokenizer`, `compression=none|from_config|K:S[:method]`, `batch_size`, `device`, `dtype`,
 `template`); this model takes the same, loads any family's checkpoint (`video_llavolta.families`: LLaVA-1.5,
-Video-LLaVA, LLaVA-OneVision), and answers videos as well as images (LLaVA-OneVision: one video per request,
-its prompt through the tokenizer's chat template).
+Video-LLaVA, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL), and answers videos as well as images (the chat-template
+families: one video per request, its prompt through the tokenizer's chat template, as `qa_inference` encodes it).
 
 A visual that is a video file (`video_llavolta.frames.VIDEO_EXTENSIONS`) or a frame directory (`llavolta
 extract-frames`) is a video, as lmms-eval's video tasks pass them (paths); it is read by the toolkit's frame sampler

@@ -63,9 +63,12 @@ from .inputs import read_video
 from .judge import DEFAULT_JUDGE_MODEL, OfflineJudge, OpenAIJudge, judge_predictions
 from .models.llava_onevision import frame_tokens as onevision_frame_tokens
 from .qa_inference import QUESTION_ENCODERS, question_encoder, run_inference
+from .qwen import video_segments as qwen_video_segments
 
 # model type -> visual tokens per video frame, where not Video-LLaVA's (patches + CLS)
 FRAME_TOKENS = {"llava_onevision": onevision_frame_tokens}
+# model type -> (config, frames) -> a video's visual segment lengths, where they depend on the video's size
+VIDEO_SEGMENTS = {"qwen2_vl": qwen_video_segments, "qwen2_5_vl": qwen_video_segments}
 NO_SYSTEM = Template(system="", name="chat template")  # for prompts a tokenizer's chat template writes
 
 logger = logging.getLogger(__name__)
@@ -114,6 +117,25 @@ def _evaluator(
         return {**{k: overall[k] for k in keys}, "results": results_path}
 
     return evaluate
+
+
+def sweep_segments(config, records: Sequence[dict], video_root, frames_root=None) -> list:
+    """The visual segment lengths of the sweep's accounting: one sample's, standing for all, where the family's
+    counts are fixed; else each readable question's own, from its frames (an unreadable one fails in the sweep's
+    inference too, and is left out)."""
+    per_video = VIDEO_SEGMENTS.get(config.model_type)
+    if per_video is None:
+        return [FRAME_TOKENS.get(config.model_type, frame_tokens)(config)] * num_frames(config)
+    segments = []
+    for record in records:
+        try:
+            frames = read_video(video_source(record["video"], video_root, frames_root), config).frames
+        except Exception:  # decoders raise many types on bad files: the sweep's inference records the failure
+            continue
+        segments.append(per_video(config, frames))
+    if not segments:
+        raise ValueError(f"none of the {len(records)} questions has a readable video: no visual tokens to account")
+    return segments
 
 
 def probe_attention(
@@ -210,7 +232,7 @@ def run_probe(
         evaluate,
         os.path.join(out_dir, "sweep.json"),
         num_layers,
-        [FRAME_TOKENS.get(model.config.model_type, frame_tokens)(model.config)] * num_frames(model.config),
+        sweep_segments(model.config, records, video_root, frames_root),
         settings={**common, "judge": _judge_id(judge), "max_new_tokens": max_new_tokens},
     )
 

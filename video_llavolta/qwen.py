@@ -68,13 +68,21 @@ class PatchSettings:
         )
 
 
-def frames_to_patches(frames: np.ndarray, settings: PatchSettings = PatchSettings()) -> tuple[torch.Tensor, list[int]]:
-    """Frames (T x H x W x 3 uint8) to (pixel_values (t·h·w, 3·tp·p·p), grid [t, h, w]); one frame is an image."""
+def frames_to_patches(
+    frames: np.ndarray, settings: PatchSettings = PatchSettings(), size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """Frames (T x H x W x 3 uint8) to (pixel_values (t·h·w, 3·tp·p·p), grid [t, h, w]); one frame is an image.
+
+    Frames are resized to `size` (height, width) when given, else to the `smart_resize` size of their own."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or not len(frames):
         raise ValueError(f"frames must be uint8 T x H x W x 3 with T >= 1, got {frames.dtype} {frames.shape}")
     p, m, tp = settings.patch_size, settings.merge_size, settings.temporal_patch_size
-    height, width = smart_resize(frames.shape[1], frames.shape[2], p * m, settings.min_pixels, settings.max_pixels)
+    height, width = size or smart_resize(
+        frames.shape[1], frames.shape[2], p * m, settings.min_pixels, settings.max_pixels
+    )
+    if height % (p * m) or width % (p * m):
+        raise ValueError(f"frame size {height}x{width} is not a multiple of patch x merge = {p * m}")
     resized = np.stack(
         [np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC), dtype=np.float32) for f in frames]
     )  # (T, H, W, 3)
@@ -114,14 +122,41 @@ def video_inputs(tokenizer, config, question: str, frames: np.ndarray, settings:
     }
 
 
+def patch_settings(config) -> PatchSettings:
+    """The patch settings of the checkpoint a config was loaded from (the defaults without its file)."""
+    path = getattr(config, "_name_or_path", "")
+    has_file = bool(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))
+    return PatchSettings.from_dir(path) if has_file else PatchSettings()
+
+
+def training_frame_size(config, settings: PatchSettings) -> tuple[int, int]:
+    """(height, width) of every training frame: the config's square frame side (448 px without one) through
+    `smart_resize`, so every video of a run has the same grid and its token count is known without decoding it."""
+    side = getattr(config, FRAME_SIZE_KEY, QWEN2_5_VL.image_size)
+    unit = settings.patch_size * settings.merge_size
+    return smart_resize(side, side, unit, settings.min_pixels, settings.max_pixels)
+
+
+def video_segments(config, frames: np.ndarray) -> list[int]:
+    """Visual tokens of each temporal patch of a video of `frames` (T x H x W x 3) as QA inference encodes it."""
+    settings = patch_settings(config)
+    unit = settings.patch_size * settings.merge_size
+    size = smart_resize(frames.shape[1], frames.shape[2], unit, settings.min_pixels, settings.max_pixels)
+    t, h, w = video_grid(len(frames), size, settings)
+    return [h * w // settings.merge_size**2] * t
+
+
+def video_grid(frames: int, size: tuple[int, int], settings: PatchSettings) -> list[int]:
+    """[t, h, w] of `frames` frames of `size` px: temporal patches (the last one filled), patches per side."""
+    p = settings.patch_size
+    return [-(-frames // settings.temporal_patch_size), size[0] // p, size[1] // p]
+
+
 def qa_sample(tokenizer, config, text: str, frames: np.ndarray) -> dict:
     """One QA sample (unbatched ids) for `image_llavolta.inputs.collate`: the prompt without its `<video>`
     tag (the chat template puts the video first), the checkpoint's patch settings (defaults without a file)."""
-    path = getattr(config, "_name_or_path", "")
-    has_file = bool(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))
-    settings = PatchSettings.from_dir(path) if has_file else PatchSettings()
     question = text.replace("<video>", "").strip()
-    inputs = video_inputs(tokenizer, config, question, frames, settings)
+    inputs = video_inputs(tokenizer, config, question, frames, patch_settings(config))
     return {**inputs, "input_ids": inputs["input_ids"][0], "mm_token_type_ids": inputs["mm_token_type_ids"][0]}
 
 
