@@ -299,7 +299,9 @@ def test_qa_on_two_ranks_survives_a_killed_rank_and_merges_every_question_once(t
     rc, log = finish(torchrun(*args, QA_LOG=str(tmp_path / "second")))
     assert rc == 0, log[-3000:]
     for rank in (0, 1):
-        redone = (tmp_path / f"second.rank{rank}").read_text().split()
+        # a rank that finished its shard before the kill stopped the first run has nothing left to generate
+        redo_log = tmp_path / f"second.rank{rank}"
+        redone = redo_log.read_text().split() if redo_log.exists() else []
         assert not set(redone) & written[rank]  # nothing written is generated again
         assert sorted(set(redone) | written[rank]) == sorted(map(str, questions[rank::2]))
 
