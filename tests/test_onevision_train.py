@@ -21,6 +21,27 @@ from video_llavolta.train_chat import encode_chat
 SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
 
 
+def train_two_stages(data, base, out, family: str) -> dict:
+    """Train `base` on 8 records of the synthetic set `data` with SCHEME through `llavolta train`; its report."""
+    records = json.loads((data / "train.json").read_text())[:8]
+    (data / "train8.json").write_text(json.dumps(records))
+    overrides = [
+        f"model.path={base}",
+        f"output_dir={out}",
+        f"data.train=[{data / 'train8.json'}]",
+        f"data.video_root={data / 'videos'}",
+        "data.max_length=512",
+        "optim.per_device_batch_size=4",
+        "optim.lr=1e-3",
+        f"scheme={json.dumps(SCHEME)}",
+        "logging_steps=100",
+    ]
+    config = out.parent / f"{family}_run.yaml"
+    config.write_text(f"model: {{family: {family}}}\n")
+    assert llavolta_train([str(config), *overrides]) == 0  # `llavolta train` picks the family's trainer
+    return json.loads((out / "train_report.json").read_text())
+
+
 def test_turns_are_the_templates_prompts_and_labels_the_replies():
     tokenizer = qwen_style_tokenizer()
     placeholders = {"<video>": (VIDEO, 2 * FRAME + 1)}
@@ -51,24 +72,8 @@ def test_staged_training_of_a_tiny_checkpoint(synthetic, tmp_path):  # noqa: F81
     model = tiny_onevision()
     model.config.num_frames = 2  # the toolkit's frames-per-video field
     save_hub_layout(model, tmp_path / "base")
-    records = json.loads((synthetic / "train.json").read_text())[:8]
-    (synthetic / "train8.json").write_text(json.dumps(records))
     out = tmp_path / "run"
-    overrides = [
-        f"model.path={tmp_path / 'base'}",
-        f"output_dir={out}",
-        f"data.train=[{synthetic / 'train8.json'}]",
-        f"data.video_root={synthetic / 'videos'}",
-        "data.max_length=512",
-        "optim.per_device_batch_size=4",
-        "optim.lr=1e-3",
-        f"scheme={json.dumps(SCHEME)}",
-        "logging_steps=100",
-    ]
-    config = tmp_path / "run.yaml"
-    config.write_text("model: {family: llava_onevision}\n")
-    assert llavolta_train([str(config), *overrides]) == 0  # `llavolta train` picks the family's trainer
-    report = json.loads((out / "train_report.json").read_text())
+    report = train_two_stages(synthetic, tmp_path / "base", out, "llava_onevision")
     first, last = report["stages"]
     assert report["total_optimizer_steps"] == 2 and first["samples"] + last["samples"] == 8
     frames_in = first["samples"] * 2

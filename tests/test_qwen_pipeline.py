@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 from qwen_models import tiny_qwen
+from test_onevision_train import train_two_stages
 from test_qwen_family import qwen_tokenizer
 from test_train import synthetic  # noqa: F401  (the synthetic data set fixture)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from image_llavolta.compression import CompressionSpec, enable_compression
 from image_llavolta.labels import IGNORE_INDEX
-from llavolta.train import main as llavolta_train
 from video_llavolta.qwen import QWEN2_5_VL, load_pretrained, qa_sample
 from video_llavolta.train_chat import QwenInstructionDataset, encode_chat
-
-SCHEME = [{"layer": 1, "stride": 4, "fraction": 0.5}, {"none": True, "fraction": 0.5}]
 
 
 def save_checkpoint(model, path):
@@ -65,24 +63,8 @@ def test_staged_training_of_a_tiny_checkpoint(synthetic, tmp_path):  # noqa: F81
     model = tiny_qwen("qwen2_5_vl")
     model.config.num_frames = 4  # the toolkit's frames-per-video field: 2 temporal patches
     save_checkpoint(model, tmp_path / "base")
-    records = json.loads((synthetic / "train.json").read_text())[:8]
-    (synthetic / "train8.json").write_text(json.dumps(records))
     out = tmp_path / "run"
-    overrides = [
-        f"model.path={tmp_path / 'base'}",
-        f"output_dir={out}",
-        f"data.train=[{synthetic / 'train8.json'}]",
-        f"data.video_root={synthetic / 'videos'}",
-        "data.max_length=512",
-        "optim.per_device_batch_size=4",
-        "optim.lr=1e-3",
-        f"scheme={json.dumps(SCHEME)}",
-        "logging_steps=100",
-    ]
-    config = tmp_path / "run.yaml"
-    config.write_text("model: {family: qwen2_5_vl}\n")
-    assert llavolta_train([str(config), *overrides]) == 0  # `llavolta train` picks the chat-template trainer
-    report = json.loads((out / "train_report.json").read_text())
+    report = train_two_stages(synthetic, tmp_path / "base", out, "qwen2_5_vl")
     first, last = report["stages"]
     assert report["total_optimizer_steps"] == 2 and first["samples"] + last["samples"] == 8
     patches_in = first["samples"] * 2  # 16 tokens per temporal patch; K=1, S=4 pools each to 4
